@@ -1,0 +1,32 @@
+"""`med42-ray prepare`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from med42_ray.cli import load_from_args
+    from med42_ray.data.pipeline import run_prepare
+
+    cfg = load_from_args(args)
+    run_prepare(cfg)
+    return 0
+
+
+def register(sub) -> None:
+    from med42_ray.cli import add_common
+
+    p = sub.add_parser(
+        "prepare",
+        help="build the decontaminated, tokenised, packed training mixture (Ray Data)",
+        description=(
+            "Read every source of the mixture, normalise it to one chat schema, drop rows that "
+            "repeat another row or overlap an evaluation benchmark, sample by weight, apply the "
+            "chat template, tokenise with the loss masked to the answers, pack, and write Parquet "
+            "shards, manifest.json, contamination.jsonl and rejects/. With no --config it runs "
+            "the embedded sample mixture offline."
+        ),
+    )
+    add_common(p)
+    p.set_defaults(func=cmd_prepare)

@@ -1,0 +1,604 @@
+"""Streaming readers for the public formats of the mixture: every raw row becomes one dict.
+
+Each yielded dict has exactly the keys
+
+    id      f"{source}:{file stem}:{row}"
+    source  the source's name in the config
+    file    the file's path, as a string
+    row     1-based: the line a record starts on (JSON lines, CSV), or the element's position in a
+            JSON container (array, dict, HEAD-QA's exams); 0 for a whole-file problem
+    messages  [{"role", "content"}, ...] ending with the assistant's answer; [] when rejected
+    reject  None, or a short reason code ("malformed_json", "missing_field", "needs_image", ...)
+    detail  None, or a message for a person, naming the field ("field 'output' is empty")
+
+Bad rows never raise: they come out as reject dicts, so the pipeline can count and write them.
+Only a missing file or an unknown format raises, before any work starts.
+
+Two layers keep this readable:
+- a *row mapper* per format, `raw row -> messages`, raising `RowError(reason, detail)`;
+- a *layout* per file shape, iterating raw rows: "records" (JSON lines, or a JSON array, sniffed
+  from the first byte), "csv", "dict_values" (a JSON object of id -> record, PubMedQA) and
+  "headqa" (HEAD-QA's exams -> questions). JSON documents stream with ijson, never json.load.
+
+For Ray Data, `plan_read_tasks` cuts line-based files (JSON lines, CSV) into byte ranges that
+start on record boundaries, with their first line number, so many workers read one big file;
+`iter_task` reads one such range. A JSON document is one task per file.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import ijson
+
+from med42_ray.records import LETTERS, ROLES, format_mc_answer, format_multiple_choice
+
+MiB = 1 << 20
+_BLOCK = 8 * MiB  # read size when scanning a file for cut points
+
+
+class RowError(Exception):
+    """A row that cannot become a chat record: `reason` is a short code, `detail` says why."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------------------------
+# Field helpers shared by the row mappers
+# --------------------------------------------------------------------------------------------
+
+def _field(row: dict, name: str, *, optional: bool = False) -> str:
+    """A non-empty string field (stripped); '' for an absent/empty optional one."""
+    if name not in row or row[name] is None:
+        if optional:
+            return ""
+        raise RowError("missing_field", f"field {name!r} is missing")
+    value = row[name]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # MedMCQA has a few numeric options, e.g. 4
+    if not isinstance(value, str):
+        raise RowError("unsupported_shape", f"field {name!r} should be text, got {type(value).__name__}")
+    value = value.strip()
+    if not value and not optional:
+        raise RowError("empty_field", f"field {name!r} is empty")
+    return value
+
+
+def _list(row: dict, name: str) -> list:
+    if name not in row or row[name] is None:
+        raise RowError("missing_field", f"field {name!r} is missing")
+    if not isinstance(row[name], list):
+        raise RowError("unsupported_shape", f"field {name!r} should be a list, got {type(row[name]).__name__}")
+    if not row[name]:
+        raise RowError("empty_field", f"field {name!r} is empty")
+    return row[name]
+
+
+def _turns(user: str, assistant: str) -> list[dict]:
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
+def _mc(question: str, options: Sequence[str], gold: int) -> list[dict]:
+    return _turns(format_multiple_choice(question, options), format_mc_answer(options, gold))
+
+
+def _with_input(instruction: str, extra: str) -> str:
+    """Alpaca/Dolly: the optional input/context follows the instruction after a blank line."""
+    return f"{instruction}\n\n{extra}" if extra else instruction
+
+
+def _checked_chat(messages: list[dict], field: str) -> list[dict]:
+    """Validate a multi-turn conversation: known roles, text in every turn, an answer at the end."""
+    for i, m in enumerate(messages):
+        if m["role"] not in ROLES:
+            raise RowError("bad_role", f"{field}[{i}]: unknown role {m['role']!r}")
+        if not isinstance(m["content"], str):
+            raise RowError("unsupported_shape", f"{field}[{i}]: content should be text")
+        if not m["content"].strip():
+            raise RowError("empty_field", f"{field}[{i}]: content is empty")
+    if not any(m["role"] == "user" for m in messages):
+        raise RowError("unsupported_shape", f"{field}: no user turn")
+    if messages[-1]["role"] != "assistant":
+        raise RowError("unsupported_shape", f"{field}: the last turn is {messages[-1]['role']!r}, not an assistant answer")
+    return messages
+
+
+# --------------------------------------------------------------------------------------------
+# Row mappers: one per format, raw row -> messages
+# --------------------------------------------------------------------------------------------
+
+def medqa(row: dict) -> list[dict]:
+    """MedQA (4 or 5 options): options {A..E}, answer_idx a letter, answer the option's text."""
+    question = _field(row, "question")
+    raw_options = row.get("options")
+    if not isinstance(raw_options, dict) or not raw_options:
+        raise RowError("missing_field" if raw_options is None else "unsupported_shape",
+                       "field 'options' should be a mapping of letters to options")
+    letters = sorted(raw_options)
+    if letters != list(LETTERS[: len(letters)]):
+        raise RowError("unsupported_shape", f"field 'options' has keys {letters}, expected A, B, ...")
+    options = [_field(raw_options, k) for k in letters]
+    key = _field(row, "answer_idx")
+    if key not in raw_options:
+        raise RowError("bad_answer_key", f"field 'answer_idx' is {key!r}, not one of {', '.join(letters)}")
+    answer = _field(row, "answer", optional=True)
+    if answer and answer != options[letters.index(key)]:
+        raise RowError("bad_answer_key", f"field 'answer' {answer!r} is not option {key} {options[letters.index(key)]!r}")
+    return _mc(question, options, letters.index(key))
+
+
+MEDMCQA_OPTIONS = ("opa", "opb", "opc", "opd")
+
+
+def medmcqa(row: dict) -> list[dict]:
+    """MedMCQA: opa..opd, cop counts from 1 (1 = opa)."""
+    question = _field(row, "question")
+    options = [_field(row, k) for k in MEDMCQA_OPTIONS]
+    cop = row.get("cop")
+    if cop is None:
+        raise RowError("missing_field", "field 'cop' is missing")
+    if isinstance(cop, bool) or not isinstance(cop, (int, str)) or str(cop).strip() not in {"1", "2", "3", "4"}:
+        raise RowError("bad_answer_key", f"field 'cop' is {cop!r}, expected 1-4 (1 = opa)")
+    return _mc(question, options, int(cop) - 1)
+
+
+PUBMEDQA_DECISIONS = ("yes", "no", "maybe")
+
+
+def pubmedqa(row: dict) -> list[dict]:
+    """PubMedQA PQA-L. The user sees the abstract (its labelled sections) and the question, as in
+    the benchmark; the answer is the decision first, then the abstract's conclusion (LONG_ANSWER),
+    so a tuned model learns to lead with yes/no/maybe and then justify it."""
+    question = _field(row, "QUESTION")
+    contexts = [c.strip() for c in _list(row, "CONTEXTS") if isinstance(c, str) and c.strip()]
+    if not contexts:
+        raise RowError("empty_field", "field 'CONTEXTS' has no text")
+    labels = row.get("LABELS") or []
+    if isinstance(labels, list) and len(labels) == len(contexts):
+        contexts = [f"{str(lab).strip().upper()}: {c}" if lab else c for lab, c in zip(labels, contexts)]
+    decision = _field(row, "final_decision").lower()
+    if decision not in PUBMEDQA_DECISIONS:
+        raise RowError("bad_answer_key", f"field 'final_decision' is {decision!r}, expected yes, no or maybe")
+    long_answer = _field(row, "LONG_ANSWER", optional=True)
+    answer = decision.capitalize() + "." + (f" {long_answer}" if long_answer else "")
+    return _turns("Abstract:\n" + "\n".join(contexts) + f"\n\nQuestion: {question}", answer)
+
+
+MMLU_COLUMNS = ("question", "A", "B", "C", "D", "answer")
+
+
+def mmlu(row: list) -> list[dict]:
+    """MMLU: headerless CSV question,A,B,C,D,answer."""
+    if len(row) != len(MMLU_COLUMNS):
+        raise RowError("malformed_csv", f"expected {len(MMLU_COLUMNS)} columns ({','.join(MMLU_COLUMNS)}), got {len(row)}")
+    fields = dict(zip(MMLU_COLUMNS, row))
+    question = _field(fields, "question")
+    options = [_field(fields, k) for k in "ABCD"]
+    key = _field(fields, "answer").upper()
+    if key not in {"A", "B", "C", "D"}:
+        raise RowError("bad_answer_key", f"field 'answer' is {fields['answer']!r}, expected A, B, C or D")
+    return _mc(question, options, "ABCD".index(key))
+
+
+def headqa(row: dict) -> list[dict]:
+    """HEAD-QA question: answers [{aid, atext}], ra = aid of the right answer. Questions that
+    show an image cannot be answered from text, so they are no use as training data."""
+    if _field(row, "image", optional=True):
+        raise RowError("needs_image", f"question shows an image ({row['image']})")
+    question = _field(row, "qtext")
+    answers = _list(row, "answers")
+    try:
+        answers = sorted(answers, key=lambda a: int(a["aid"]))
+        aids = [int(a["aid"]) for a in answers]
+    except (KeyError, TypeError, ValueError):
+        raise RowError("unsupported_shape", "field 'answers' should hold {aid, atext} items") from None
+    options = [_field(a, "atext") for a in answers]
+    ra = _field(row, "ra")
+    if not ra.isdigit() or int(ra) not in aids:
+        raise RowError("bad_answer_key", f"field 'ra' is {ra!r}, not one of the answer ids {aids}")
+    return _mc(question, options, aids.index(int(ra)))
+
+
+_OPTIONS_MARK = "Options:"
+_INLINE_OPTION = re.compile(r"(?:^|\s)([A-Z]): ")
+
+
+def usmle_self_assessment(row: dict) -> list[dict]:
+    """USMLE self assessment (derived JSONL): options are inline after 'Options:' as
+    'A: ... B: ...', and the answer is the option's text, which is mapped back to its letter."""
+    text = _field(row, "question")
+    cut = text.rfind(_OPTIONS_MARK)
+    if cut < 0:
+        raise RowError("unsupported_shape", "field 'question' has no 'Options:' list")
+    stem, tail = text[:cut].strip(), text[cut + len(_OPTIONS_MARK):]
+    parts = _INLINE_OPTION.split(tail)  # ['', 'A', 'text', 'B', 'text', ...]
+    letters, options = parts[1::2], [p.strip() for p in parts[2::2]]
+    if len(letters) < 2 or letters != list(LETTERS[: len(letters)]) or parts[0].strip():
+        raise RowError("unsupported_shape", "field 'question': cannot read the 'A: ... B: ...' options")
+    if not all(options):  # a few items had their options in a table or picture that was dropped
+        empty = ", ".join(letter for letter, o in zip(letters, options) if not o)
+        raise RowError("empty_field", f"field 'question': option(s) {empty} have no text")
+    if not stem:
+        raise RowError("empty_field", "field 'question' has no stem before 'Options:'")
+    answer = _field(row, "answer")
+    matches = [i for i, o in enumerate(options) if o == answer]
+    if len(matches) != 1:
+        raise RowError("bad_answer_key", f"field 'answer' {answer!r} matches {len(matches)} of the options")
+    return _mc(stem, options, matches[0])
+
+
+def alpaca(row: dict) -> list[dict]:
+    return _turns(_with_input(_field(row, "instruction"), _field(row, "input", optional=True)),
+                  _field(row, "output"))
+
+
+def dolly(row: dict) -> list[dict]:
+    return _turns(_with_input(_field(row, "instruction"), _field(row, "context", optional=True)),
+                  _field(row, "response"))
+
+
+# The Alpaca prompt wrapper (with or without an input section) used by mosaicml/dolly_hhrlhf.
+_ALPACA_WRAPPER = re.compile(
+    r"^Below is an instruction that describes a task[^\n]*\n\n### Instruction:\n(?P<instruction>.*?)"
+    r"(?:\n\n### Input:\n(?P<input>.*?))?\n\n### Response:\n?$",
+    re.DOTALL,
+)
+
+
+def prompt_response(row: dict) -> list[dict]:
+    """{prompt, response}; a prompt wrapped in the Alpaca template is unwrapped to the bare
+    instruction (and input), since our own chat template is applied later."""
+    prompt = _field(row, "prompt")
+    wrapped = _ALPACA_WRAPPER.match(prompt)
+    if wrapped:
+        prompt = _with_input(wrapped["instruction"].strip(), (wrapped["input"] or "").strip())
+        if not prompt:
+            raise RowError("empty_field", "field 'prompt' wraps an empty instruction")
+    return _turns(prompt, _field(row, "response"))
+
+
+def chat(row: dict) -> list[dict]:
+    """{"messages": [{role, content}, ...]} (OpenAI / HF chat style)."""
+    turns = _list(row, "messages")
+    if not all(isinstance(t, dict) and "role" in t and "content" in t for t in turns):
+        raise RowError("unsupported_shape", "field 'messages' should hold {role, content} items")
+    return _checked_chat([{"role": t["role"], "content": t["content"]} for t in turns], "messages")
+
+
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user",
+                  "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant"}
+
+
+def sharegpt(row: dict) -> list[dict]:
+    """{"conversations": [{from: human/gpt/system, value}, ...]}."""
+    turns = _list(row, "conversations")
+    if not all(isinstance(t, dict) and "from" in t and "value" in t for t in turns):
+        raise RowError("unsupported_shape", "field 'conversations' should hold {from, value} items")
+    messages = [{"role": SHAREGPT_ROLES.get(str(t["from"]).lower(), str(t["from"])), "content": t["value"]}
+                for t in turns]
+    return _checked_chat(messages, "conversations")
+
+
+# --------------------------------------------------------------------------------------------
+# Formats: which mapper, which file layout
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reader:
+    layout: str  # "records" | "csv" | "dict_values" | "headqa"
+    to_messages: Callable[[Any], list[dict]]
+
+
+READERS: dict[str, Reader] = {
+    "medqa": Reader("records", medqa),
+    "medmcqa": Reader("records", medmcqa),
+    "pubmedqa": Reader("dict_values", pubmedqa),
+    "mmlu": Reader("csv", mmlu),
+    "headqa": Reader("headqa", headqa),
+    "usmle_self_assessment": Reader("records", usmle_self_assessment),
+    "alpaca": Reader("records", alpaca),
+    "dolly": Reader("records", dolly),
+    "prompt_response": Reader("records", prompt_response),
+    "chat": Reader("records", chat),
+    "sharegpt": Reader("records", sharegpt),
+}
+
+
+def get_reader(fmt: str) -> Reader:
+    if fmt not in READERS:
+        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(sorted(READERS))}")
+    return READERS[fmt]
+
+
+# --------------------------------------------------------------------------------------------
+# Output rows
+# --------------------------------------------------------------------------------------------
+
+def _out(source: str, path: Path, row: int, messages: list[dict] | None = None,
+         reject: str | None = None, detail: str | None = None) -> dict:
+    return {"id": f"{source}:{path.stem}:{row}", "source": source, "file": str(path), "row": row,
+            "messages": messages or [], "reject": reject, "detail": detail}
+
+
+def _mapped(reader: Reader, source: str, path: Path, row: int, raw: Any) -> dict:
+    """Apply a format's mapper; any failure becomes a reject dict, never an exception."""
+    try:
+        if reader.layout != "csv" and not isinstance(raw, dict):
+            raise RowError("unsupported_shape", f"expected a JSON object, got {type(raw).__name__}")
+        return _out(source, path, row, reader.to_messages(raw))
+    except RowError as e:
+        return _out(source, path, row, reject=e.reason, detail=e.detail)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # shapes we did not foresee
+        return _out(source, path, row, reject="unsupported_shape", detail=f"{type(e).__name__}: {e}")
+
+
+# --------------------------------------------------------------------------------------------
+# Line-based layouts (JSON lines, CSV): byte ranges that start on a record boundary
+# --------------------------------------------------------------------------------------------
+
+def _first_byte(path: Path) -> bytes:
+    """The first non-whitespace byte ('' for an empty file): '[' means a JSON array."""
+    with open(path, "rb") as f:
+        while chunk := f.read(4096):
+            stripped = chunk.lstrip(b" \t\r\n\xef\xbb\xbf")  # whitespace and a UTF-8 BOM
+            if stripped:
+                return stripped[:1]
+    return b""
+
+
+def _is_line_based(path: Path, layout: str) -> bool:
+    return layout == "csv" or (layout == "records" and _first_byte(path) != b"[")
+
+
+def _line_starts(path: Path, target_bytes: int) -> list[tuple[int, int]]:
+    """(byte offset, 1-based line number) of each range start of a JSON-lines file, ranges of
+    at least target_bytes, each starting just after a newline (JSON escapes newlines inside
+    strings, so every line is a record). One pass of bytes.find/bytes.count: no parsing."""
+    starts = [(0, 1)]
+    size = path.stat().st_size
+    next_cut, pos, lines = target_bytes, 0, 0
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            counted = 0  # bytes of `block` whose newlines are in `lines`
+            while pos + len(block) > next_cut:
+                nl = block.find(b"\n", max(counted, next_cut - 1 - pos))
+                if nl < 0:
+                    break
+                lines += block.count(b"\n", counted, nl + 1)
+                counted = nl + 1
+                if pos + counted < size:
+                    starts.append((pos + counted, lines + 1))
+                next_cut = pos + counted + target_bytes
+            lines += block.count(b"\n", counted)
+            pos += len(block)
+    return starts
+
+
+def _iter_lines(path: Path, start: int, end: int, first_line: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) for the lines that start in [start, end)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        offset, number = start, first_line
+        for line in f:
+            if offset >= end:
+                break
+            yield number, line
+            offset += len(line)
+            number += 1
+
+
+def _decode(line: bytes, number: int) -> str:
+    text = line.decode("utf-8")
+    return text.lstrip("\ufeff") if number == 1 else text
+
+
+def _iter_json_lines(task: dict) -> Iterator[tuple[int, Any, str | None, str | None]]:
+    """(line, parsed row, reject, detail); blank lines are skipped but still counted."""
+    for number, line in _iter_lines(Path(task["path"]), task["start"], task["end"], task["first_line"]):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(_decode(line, number)), None, None
+        except UnicodeDecodeError as e:
+            yield number, None, "non_utf8", f"invalid UTF-8 byte {e.object[e.start:e.start + 1]!r} at byte {e.start} of the line"
+        except json.JSONDecodeError as e:
+            yield number, None, "malformed_json", f"invalid JSON: {e.msg} at column {e.colno}"
+
+
+# CSV lines are decoded with surrogateescape so that csv.reader splits records exactly as it
+# would on the whole file; a field that kept an undecodable byte (a lone surrogate) is non-UTF-8.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+class _CountedLines:
+    """Decoded lines for csv.reader, remembering how far it has read (line number, byte offset).
+    csv.reader pulls exactly the lines of one record before returning it, so after each record
+    these say where the next one starts."""
+
+    def __init__(self, lines: Iterator[tuple[int, bytes]], offset: int, last_line: int):
+        self.lines, self.offset, self.last_line = lines, offset, last_line
+
+    def __iter__(self):
+        for number, line in self.lines:
+            self.offset += len(line)
+            self.last_line = number
+            text = line.decode("utf-8", "surrogateescape")
+            yield text.lstrip("\ufeff") if number == 1 else text
+
+
+def _csv_record_starts(path: Path, target_bytes: int) -> list[tuple[int, int]]:
+    """Like `_line_starts` for CSV, whose quoted fields may hold newlines (MMLU's do), and whose
+    unquoted fields may hold stray quotes (MMLU's do too), so only csv.reader itself knows where a
+    record ends: planning parses the file once (in C) and cuts after a record."""
+    starts = [(0, 1)]
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        lines = _CountedLines(enumerate(f, start=1), 0, 0)
+        next_cut = target_bytes
+        try:
+            for _ in csv.reader(lines):
+                if lines.offset >= next_cut and lines.offset < size:
+                    starts.append((lines.offset, lines.last_line + 1))
+                    next_cut = lines.offset + target_bytes
+        except csv.Error:
+            pass  # the task that reads this part reports it; cuts made so far are sound
+    return starts
+
+
+def _iter_csv(task: dict) -> Iterator[tuple[int, Any, str | None, str | None]]:
+    """(line the record starts on, fields, reject, detail)."""
+    lines = _CountedLines(_iter_lines(Path(task["path"]), task["start"], task["end"], task["first_line"]),
+                          task["start"], task["first_line"] - 1)
+    reader = csv.reader(lines)
+    while True:
+        start = lines.last_line + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield start, None, "malformed_csv", f"invalid CSV: {e}"
+            continue
+        if not any(f.strip() for f in fields):
+            continue  # a blank line
+        bad = [i + 1 for i, f in enumerate(fields) if _UNDECODABLE.search(f)]
+        if bad:
+            yield start, None, "non_utf8", f"invalid UTF-8 in column(s) {', '.join(map(str, bad))}"
+        else:
+            yield start, fields, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# JSON documents, streamed with ijson: one task per file
+# --------------------------------------------------------------------------------------------
+
+def _json_elements(f, layout: str) -> Iterator[Any]:
+    if layout == "records":  # a JSON array of records
+        yield from ijson.items(f, "item", use_float=True)
+    elif layout == "dict_values":  # {"<id>": record, ...}, e.g. PubMedQA's PMID -> item
+        for _key, value in ijson.kvitems(f, "", use_float=True):
+            yield value
+    elif layout == "headqa":  # {"exams": {name: {"data": [question, ...]}}}; one exam in memory at a time
+        for name, exam in ijson.kvitems(f, "exams", use_float=True):
+            if not isinstance(exam, dict) or not isinstance(exam.get("data"), list):
+                raise RowError("unsupported_shape", f"exam {name!r} has no 'data' list of questions")
+            yield from exam["data"]
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+
+
+_EXPECTED_TOP = {"records": b"[", "dict_values": b"{", "headqa": b"{"}
+
+
+def _iter_json_document(task: dict, layout: str) -> Iterator[tuple[int, Any, str | None, str | None]]:
+    path = Path(task["path"])
+    top = _first_byte(path)
+    if not top:
+        return  # an empty file: the caller reports it once
+    if top != _EXPECTED_TOP[layout]:
+        yield 0, None, "unsupported_shape", f"expected a JSON document starting with {_EXPECTED_TOP[layout].decode()!r}"
+        return
+    n = 0
+    with open(path, "rb") as f:
+        try:
+            for n, element in enumerate(_json_elements(f, layout), start=1):
+                yield n, element, None, None
+        except RowError as e:
+            yield n + 1, None, e.reason, e.detail
+        except UnicodeDecodeError as e:
+            yield n + 1, None, "non_utf8", f"invalid UTF-8 after element {n}; the rest of the file is unread"
+        except ijson.JSONError as e:  # a broken document cannot be resynchronised: stop here
+            message = _first_line(e)
+            reason = "non_utf8" if "utf8" in message.lower().replace("-", "") else "malformed_json"
+            yield n + 1, None, reason, f"invalid JSON after element {n}: {message}; the rest of the file is unread"
+
+
+def _first_line(e: Exception) -> str:
+    """yajl's messages are multi-line (they draw an arrow under the input), sometimes bytes."""
+    arg = e.args[0] if e.args else str(e)
+    text = arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"source file not found: {path}")
+
+
+def plan_read_tasks(paths: list[Path], fmt: str, source: str, target_bytes: int = 64 * MiB) -> list[dict]:
+    """Split the files of one source into JSON-serialisable read tasks for `iter_task`.
+
+    Line-based files are cut into ranges of about `target_bytes` starting on record boundaries,
+    each with its first line number; a JSON document is one task (it streams with ijson)."""
+    reader = get_reader(fmt)
+    if target_bytes < 1:
+        raise ValueError(f"target_bytes must be positive, got {target_bytes}")
+    tasks = []
+    for path in map(Path, paths):
+        _check_file(path)
+        size = path.stat().st_size
+        base = {"path": str(path), "fmt": fmt, "source": source}
+        if not _is_line_based(path, reader.layout):
+            tasks.append({**base, "start": 0, "end": size, "first_line": 1, "whole_file": True})
+            continue
+        starts = (_csv_record_starts if reader.layout == "csv" else _line_starts)(path, target_bytes)
+        ends = [s for s, _ in starts[1:]] + [size]
+        for (start, line), end in zip(starts, ends):
+            tasks.append({**base, "start": start, "end": end, "first_line": line, "whole_file": len(starts) == 1})
+    return tasks
+
+
+def iter_task(task: dict) -> Iterator[dict]:
+    """Read one task from `plan_read_tasks`: one output dict per raw row (see the module doc)."""
+    reader = get_reader(task["fmt"])
+    path, source = Path(task["path"]), task["source"]
+    _check_file(path)
+    if not _is_line_based(path, reader.layout):
+        raw_rows = _iter_json_document(task, reader.layout)
+    elif reader.layout == "csv":
+        raw_rows = _iter_csv(task)
+    else:
+        raw_rows = _iter_json_lines(task)
+    n = 0
+    for n, (row, raw, reject, detail) in enumerate(raw_rows, start=1):
+        if reject is not None:
+            yield _out(source, path, row, reject=reject, detail=detail)
+        else:
+            yield _mapped(reader, source, path, row, raw)
+    if n == 0 and task.get("whole_file", task["start"] == 0):
+        yield _out(source, path, 0, reject="empty_file", detail=f"{path} has no rows")
+
+
+def iter_rows(path: Path, fmt: str, source: str) -> Iterator[dict]:
+    """Read a whole file, in order (the serial equivalent of all of its tasks)."""
+    for task in plan_read_tasks([Path(path)], fmt, source, target_bytes=1 << 62):
+        yield from iter_task(task)
+
+
+def expand_source_paths(pattern: str) -> list[Path]:
+    """A file, or a glob of files ('**' allowed; 'pkg://' for files shipped in the package),
+    sorted. Raises FileNotFoundError naming the pattern when nothing matches."""
+    from med42_ray.config import resolve_path  # late: config imports this package's config
+
+    resolved = str(resolve_path(pattern))
+    if glob.has_magic(resolved):
+        paths = sorted(Path(p) for p in glob.glob(resolved, recursive=True) if Path(p).is_file())
+    else:
+        paths = [Path(resolved)] if Path(resolved).is_file() else []
+    if not paths:
+        raise FileNotFoundError(f"no file matches source path {pattern!r}" +
+                                (f" (resolved to {resolved})" if resolved != pattern else ""))
+    return paths

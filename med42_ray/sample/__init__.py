@@ -1,0 +1,1 @@
+"""Embedded sample data (generated; see README.md and generate.py)."""

@@ -1,0 +1,49 @@
+"""Shared fixtures. One local Ray cluster per test session, on loopback with 2 CPUs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Real public files laid out by the project owners beside the checkout (never copied in).
+RAW = Path(os.environ.get("MED42_RAW_DATA", REPO.parent / "shared" / "data" / "raw"))
+
+
+def pytest_configure(config):
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def raw_dir() -> Path:
+    if not RAW.is_dir():
+        pytest.skip(f"real data not found at {RAW} (set MED42_RAW_DATA)")
+    return RAW
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ctx = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                   ignore_reinit_error=True, log_to_driver=False)
+    yield ctx
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> str:
+    """The embedded tiny Llama (built locally on first use, then cached)."""
+    from med42_ray.model import resolve_model
+
+    return resolve_model("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
