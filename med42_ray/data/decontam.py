@@ -20,10 +20,12 @@ single break, so re-casing and re-punctuating change nothing):
    benchmark (PubMedQA's yes/no/maybe) carry no information; an item whose options are all such
    matches on its question alone.
 
-Hashing is vectorised: each word gets a stable 32-bit CRC (Python's `hash` is salted per process,
-and the index is built on the driver but used in Ray workers), and n-gram hashes are a polynomial
-rolling hash over a whole batch of rows at once in numpy. A hit is then confirmed on the actual
-words, so a hash collision cannot remove a row.
+Hashing is vectorised. Each word maps to its id in the benchmarks' vocabulary (0 for a word no
+benchmark has: no indexed n-gram contains it), built on the driver and shipped with the index,
+so every Ray worker hashes alike (Python's `hash` of a str is salted per process). n-gram hashes
+are a polynomial rolling hash over a whole batch of rows at once in numpy, tested against a
+presence table and then the sorted keys. A hit is confirmed on the actual words, so a hash
+collision cannot remove a row.
 """
 
 from __future__ import annotations
@@ -31,34 +33,39 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 _WORD = re.compile(r"\w+")
 _BASE = np.uint64(1_000_003)  # odd multiplier for the rolling hash; arithmetic wraps mod 2**64
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # spreads small word ids over 64 bits (Fibonacci hashing)
+_FILTER_BITS = 23  # a 8 MiB presence table in front of the sorted keys
 
 
 def normalise_words(text: str) -> list[str]:
     """Case, punctuation and whitespace folded: 'The  Auditory-tube?' -> ['the', 'auditory', 'tube']."""
-    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+    if not text.isascii():  # NFKC is a no-op on ASCII, the common case; skip its cost
+        text = unicodedata.normalize("NFKC", text)
+    return _WORD.findall(text.casefold())
 
 
-def _word_hashes(words: Sequence[str]) -> np.ndarray:
-    return np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64, count=len(words))
+def _word_ids(vocab: dict[str, int], words: Sequence[str]) -> np.ndarray:
+    """Benchmark words get ids 1..V; any other word is 0 (no n-gram with it can be indexed)."""
+    return np.fromiter(map(vocab.get, words, repeat(0)), dtype=np.uint64, count=len(words))
 
 
-def _gram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
+def _gram_hashes(word_ids: np.ndarray, n: int) -> np.ndarray:
     """Hash of every n-word window (len(words) - n + 1 of them)."""
-    count = len(word_hashes) - n + 1
+    count = len(word_ids) - n + 1
     if count <= 0:
         return np.empty(0, dtype=np.uint64)
     acc = np.zeros(count, dtype=np.uint64)
     for j in range(n):
-        acc = acc * _BASE + word_hashes[j:j + count]
+        acc = acc * _BASE + (word_ids[j:j + count] * _MIX)
     return acc
 
 
@@ -87,13 +94,19 @@ class ContaminationIndex:
     min_coverage: float
     gram_hashes: np.ndarray  # uint64, sorted
     gram_owner: np.ndarray  # int64: index into `parts` of the item part that has this n-gram
+    gram_offset: np.ndarray  # int32: where the n-gram starts in that part's words
     parts: list[tuple[int, int, int]]  # (item index, part index, number of distinct n-grams)
+    part_text: list[str] = field(repr=False)  # each part's normalised words, space-joined
     item_keys: list[tuple[str, str]]  # (benchmark, item id)
-    gram_words: dict[int, tuple[str, ...]] = field(repr=False)  # to confirm hash hits on real words
+    vocab: dict[str, int] = field(repr=False)
+    # gram_filter[h & mask] is False for most hashes no key has: a cheap first test that keeps
+    # the binary search (cache misses over ~10^6 keys) for the few hashes that may be keys.
+    gram_filter: np.ndarray = field(repr=False)
     # Short items, grouped by question length k: sorted hashes of their k-word question.
     short_by_len: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     # (item index, question words, informative option word sequences) per short item.
     short_items: list[tuple[int, tuple[str, ...], list[tuple[str, ...]]]] = field(default_factory=list)
+    short_filter: np.ndarray | None = field(default=None, repr=False)  # presence table, all lengths
     stats: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -108,7 +121,12 @@ class ContaminationIndex:
         """
         items = list(items)
         item_keys = [(it.benchmark, it.id) for it in items]
-        part_grams: list[tuple[int, int, dict[int, tuple[str, ...]]]] = []
+        vocab: dict[str, int] = {}
+        for it in items:
+            for text in (it.question, it.context or "", *it.choices):
+                for w in normalise_words(text):
+                    vocab.setdefault(w, len(vocab) + 1)
+        part_grams: list[tuple[int, int, str, dict[int, int]]] = []
         item_freq: Counter[int] = Counter()
         for idx, it in enumerate(items):
             q = normalise_words(it.question)
@@ -116,10 +134,11 @@ class ContaminationIndex:
             ctx = normalise_words(it.context or "")
             seen_in_item: set[int] = set()
             for part, words in enumerate((q, qo, ctx)):
-                hashes = _gram_hashes(_word_hashes(words), n).tolist()
-                grams = {h: tuple(words[i:i + n]) for i, h in enumerate(hashes)}
+                grams: dict[int, int] = {}  # hash -> offset of its first occurrence
+                for i, h in enumerate(_gram_hashes(_word_ids(vocab, words), n).tolist()):
+                    grams.setdefault(h, i)
                 if grams:
-                    part_grams.append((idx, part, grams))
+                    part_grams.append((idx, part, " ".join(words), grams))
                 seen_in_item.update(grams)
             item_freq.update(seen_in_item)
 
@@ -127,27 +146,34 @@ class ContaminationIndex:
         # "more than one": the same question can sit in two benchmarks, e.g. an MMLU professional
         # medicine item that is also a USMLE sample item, and must stay findable.)
         boilerplate = {h for h, c in item_freq.items() if c > max_item_frequency}
-        keys, owners, parts, gram_words = [], [], [], {}
-        for idx, part, grams in part_grams:
+        keys, owners, offsets, parts, part_text = [], [], [], [], []
+        for idx, part, text, grams in part_grams:
             kept = [h for h in grams if h not in boilerplate]
             if not kept:
                 continue
             parts.append((idx, part, len(kept)))
+            part_text.append(text)
             for h in kept:
                 keys.append(h)
                 owners.append(len(parts) - 1)
-                gram_words[h] = grams[h]
+                offsets.append(grams[h])
         keys_arr = np.array(keys, dtype=np.uint64)
         order = np.argsort(keys_arr, kind="stable")
 
-        short_items, short_by_len = cls._build_short(items, n)
+        gram_filter = np.zeros(1 << _FILTER_BITS, dtype=bool)
+        gram_filter[keys_arr & np.uint64((1 << _FILTER_BITS) - 1)] = True
+        short_items, short_by_len = cls._build_short(items, n, vocab)
+        short_filter = np.zeros(1 << (_FILTER_BITS - 3), dtype=bool)
+        for short_keys, _ in short_by_len.values():
+            short_filter[short_keys & np.uint64(len(short_filter) - 1)] = True
         index = cls(n=n, min_coverage=min_coverage, gram_hashes=keys_arr[order],
-                    gram_owner=np.array(owners, dtype=np.int64)[order], parts=parts,
-                    item_keys=item_keys, gram_words=gram_words, short_by_len=short_by_len,
-                    short_items=short_items)
+                    gram_owner=np.array(owners, dtype=np.int64)[order],
+                    gram_offset=np.array(offsets, dtype=np.int32)[order], parts=parts, part_text=part_text,
+                    item_keys=item_keys, vocab=vocab, gram_filter=gram_filter,
+                    short_by_len=short_by_len, short_items=short_items, short_filter=short_filter)
         index.stats = {
             "items": len(items),
-            "ngrams": len(gram_words),
+            "ngrams": len(set(keys)),
             "boilerplate_ngrams_dropped": len(boilerplate),
             "short_items": len(short_items),
             "n": n,
@@ -157,7 +183,7 @@ class ContaminationIndex:
         return index
 
     @staticmethod
-    def _build_short(items: list[Any], n: int):
+    def _build_short(items: list[Any], n: int, vocab: dict[str, int]):
         # Options found in a large share of one benchmark's items are labels (yes/no/maybe).
         option_count: dict[str, Counter] = defaultdict(Counter)
         bench_size: Counter[str] = Counter()
@@ -173,7 +199,7 @@ class ContaminationIndex:
             options = sorted({o for c in it.choices if (o := tuple(normalise_words(c)))
                               and not (counts[o] > 3 and counts[o] > 0.2 * size)})
             short_items.append((idx, tuple(q), options))
-            by_len[len(q)].append((int(_gram_hashes(_word_hashes(q), len(q))[0]), len(short_items) - 1))
+            by_len[len(q)].append((int(_gram_hashes(_word_ids(vocab, q), len(q))[0]), len(short_items) - 1))
         short_by_len = {}
         for k, pairs in by_len.items():
             pairs.sort()
@@ -190,7 +216,7 @@ class ContaminationIndex:
         lengths = np.array([len(w) for w in words_per_text], dtype=np.int64)
         if lengths.sum() == 0:
             return results
-        all_hashes = _word_hashes([w for ws in words_per_text for w in ws])
+        all_hashes = _word_ids(self.vocab, list(chain.from_iterable(words_per_text)))
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         row_of = np.repeat(np.arange(len(texts)), lengths)
         row_ends = starts + lengths
@@ -200,32 +226,39 @@ class ContaminationIndex:
         return results
 
     @staticmethod
-    def _hits(all_hashes, row_ends, row_of, k, sorted_keys):
-        """(position, first key index) of every k-gram inside one row whose hash is a key."""
+    def _hits(all_hashes, row_ends, row_of, k, sorted_keys, presence=None):
+        """(position, first key index) of every k-gram inside one row whose hash is a key.
+        `presence`, a table indexed by the hash's low bits, rules most grams out first."""
         grams = _gram_hashes(all_hashes, k)
         if len(grams) == 0 or len(sorted_keys) == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        pos = np.searchsorted(sorted_keys, grams)
+        maybe = (np.nonzero(presence[grams & np.uint64(len(presence) - 1)])[0] if presence is not None
+                 else np.arange(len(grams)))
+        pos = np.searchsorted(sorted_keys, grams[maybe])
         pos[pos == len(sorted_keys)] = 0
-        hit = np.nonzero(sorted_keys[pos] == grams)[0]
+        found = sorted_keys[pos] == grams[maybe]
+        hit, pos = maybe[found], pos[found]
         inside = hit + k <= row_ends[row_of[hit]]
-        return hit[inside], pos[hit[inside]]
+        return hit[inside], pos[inside]
 
     def _find_ngrams(self, words_per_text, all_hashes, starts, row_ends, row_of, results) -> None:
         n, keys = self.n, self.gram_hashes
-        positions, first = self._hits(all_hashes, row_ends, row_of, n, keys)
+        positions, first = self._hits(all_hashes, row_ends, row_of, n, keys, self.gram_filter)
         found: dict[tuple[int, int], set[int]] = defaultdict(set)  # (row, part) -> distinct grams
         first_text: dict[tuple[int, int], str] = {}
+        part_words: dict[int, list[str]] = {}
         for p, ki in zip(positions.tolist(), first.tolist()):
             row, h = int(row_of[p]), int(keys[ki])
-            words = tuple(words_per_text[row][p - starts[row]:p - starts[row] + n])
-            if self.gram_words.get(h) != words:
-                continue  # hash collision, not a real overlap
+            words = words_per_text[row][p - starts[row]:p - starts[row] + n]
             end = int(np.searchsorted(keys, keys[ki], side="right"))
             for j in range(ki, end):
-                key = (row, int(self.gram_owner[j]))
-                found[key].add(h)
-                first_text.setdefault(key, " ".join(words))
+                owner, offset = int(self.gram_owner[j]), int(self.gram_offset[j])
+                if owner not in part_words:
+                    part_words[owner] = self.part_text[owner].split(" ")
+                if part_words[owner][offset:offset + n] != words:
+                    continue  # hash collision, not a real overlap
+                found[(row, owner)].add(h)
+                first_text.setdefault((row, owner), " ".join(words))
         for (row, part_idx), grams in found.items():
             item, part, total = self.parts[part_idx]
             coverage = len(grams) / total
@@ -241,7 +274,7 @@ class ContaminationIndex:
 
     def _find_short(self, words_per_text, all_hashes, starts, row_ends, row_of, results) -> None:
         for k, (keys, owners) in self.short_by_len.items():
-            positions, first = self._hits(all_hashes, row_ends, row_of, k, keys)
+            positions, first = self._hits(all_hashes, row_ends, row_of, k, keys, self.short_filter)
             for p, ki in zip(positions.tolist(), first.tolist()):
                 row = int(row_of[p])
                 if results[row] is not None:

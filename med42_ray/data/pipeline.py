@@ -96,6 +96,7 @@ def plan_prepare(cfg: RunConfig) -> PreparePlan:
 def run_prepare(cfg: RunConfig) -> dict:
     """Run the pipeline; returns the manifest (also written to <output_dir>/manifest.json)."""
     import ray
+    from ray.data.expressions import col
 
     from med42_ray.cluster import connect
     from med42_ray.data.decontam import ContaminationIndex
@@ -122,7 +123,10 @@ def run_prepare(cfg: RunConfig) -> dict:
     items = [{"task": json.dumps(t)} for t in plan.read_tasks]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(steps.read_task, batch_size=1)
-    ds = ds.groupby("dedup_key").map_groups(steps.mark_duplicates, batch_format="pyarrow",
+    # One shuffle partition per CPU: Ray's default (200 partitions, each with an aggregator)
+    # swamps a small cluster with worker processes for what is a light shuffle of hashes.
+    partitions = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    ds = ds.groupby("dedup_key", num_partitions=partitions).map_groups(steps.mark_duplicates, batch_format="pyarrow",
                                              fn_kwargs={"source_rank": source_rank})
     ds = ds.map_batches(steps.decontaminate, batch_format="pyarrow", fn_kwargs={"index_ref": index_ref})
     ds = ds.map_batches(steps.sample, batch_format="pyarrow", fn_kwargs={"weights": weights, "seed": cfg.seed})
@@ -132,8 +136,8 @@ def run_prepare(cfg: RunConfig) -> dict:
     ds.write_parquet(str(out / "ledger"))
 
     # Stage 2: pack the kept rows.
-    kept = ray.data.read_parquet(str(out / "ledger"), columns=["source", "status", "input_ids", "labels", "copies"])
-    kept = kept.filter(lambda r: r["status"] == "kept")
+    kept = ray.data.read_parquet(str(out / "ledger")).filter(expr=col("status") == "kept")
+    kept = kept.select_columns(["source", "input_ids", "labels", "copies"])
     packed = kept.map_batches(steps.pack_batch, batch_size=p.pack_window, batch_format="pyarrow",
                               fn_kwargs={"seq_len": p.seq_len})
     packed.write_parquet(str(out / "shards"), min_rows_per_file=p.rows_per_shard)
