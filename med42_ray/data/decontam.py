@@ -24,7 +24,7 @@ Hashing is vectorised. Each word maps to its id in the benchmarks' vocabulary (0
 benchmark has: no indexed n-gram contains it), built on the driver and shipped with the index,
 so every Ray worker hashes alike (Python's `hash` of a str is salted per process). n-gram hashes
 are a polynomial rolling hash over a whole batch of rows at once in numpy, tested against a
-presence table and then the sorted keys. A hit is confirmed on the actual words, so a hash
+presence table and then the sorted keys. A match is confirmed on the actual words, so a hash
 collision cannot remove a row.
 """
 
@@ -244,33 +244,43 @@ class ContaminationIndex:
     def _find_ngrams(self, words_per_text, all_hashes, starts, row_ends, row_of, results) -> None:
         n, keys = self.n, self.gram_hashes
         positions, first = self._hits(all_hashes, row_ends, row_of, n, keys, self.gram_filter)
-        found: dict[tuple[int, int], set[int]] = defaultdict(set)  # (row, part) -> distinct grams
-        first_text: dict[tuple[int, int], str] = {}
-        part_words: dict[int, list[str]] = {}
-        for p, ki in zip(positions.tolist(), first.tolist()):
-            row, h = int(row_of[p]), int(keys[ki])
-            words = words_per_text[row][p - starts[row]:p - starts[row] + n]
-            end = int(np.searchsorted(keys, keys[ki], side="right"))
-            for j in range(ki, end):
-                owner, offset = int(self.gram_owner[j]), int(self.gram_offset[j])
-                if owner not in part_words:
-                    part_words[owner] = self.part_text[owner].split(" ")
-                if part_words[owner][offset:offset + n] != words:
-                    continue  # hash collision, not a real overlap
-                found[(row, owner)].add(h)
-                first_text.setdefault((row, owner), " ".join(words))
-        for (row, part_idx), grams in found.items():
-            item, part, total = self.parts[part_idx]
-            coverage = len(grams) / total
+        if len(positions) == 0:
+            return
+        # Every (position, key entry) pair: a hash can belong to several item parts.
+        last = np.searchsorted(keys, keys[first], side="right")
+        counts = last - first
+        pos = np.repeat(positions, counts)
+        entry = np.repeat(first - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        row, owner, gram = row_of[pos], self.gram_owner[entry], keys[entry]
+        # Distinct n-grams per (row, item part), all in numpy: sort by pair then gram, count runs.
+        pair = row.astype(np.int64) * len(self.parts) + owner
+        order = np.lexsort((gram, pair))
+        pair_s, gram_s = pair[order], gram[order]
+        new_pair = np.r_[True, pair_s[1:] != pair_s[:-1]]
+        new_gram = new_pair | np.r_[True, gram_s[1:] != gram_s[:-1]]
+        pair_start = np.nonzero(new_pair)[0]
+        distinct = np.add.reduceat(new_gram.astype(np.int64), pair_start)
+        # The earliest hit of each pair: confirmed on the actual words, reported as the match text.
+        by_pos = np.lexsort((pos, pair))
+        earliest = by_pos[np.r_[True, pair[by_pos][1:] != pair[by_pos][:-1]]]
+        pairs = zip(row[earliest].tolist(), owner[earliest].tolist(), pos[earliest].tolist(),
+                    entry[earliest].tolist(), distinct.tolist())
+        for r, o, p, e, found in pairs:
+            item, part, total = self.parts[o]
             # A part with few n-grams (a question just over n words) must be there whole: two of
             # its three n-grams can be one templated phrase of an unrelated question.
-            if len(grams) < max(math.ceil(self.min_coverage * total - 1e-9), min(total, MIN_GRAMS)):
+            if found < max(math.ceil(self.min_coverage * total - 1e-9), min(total, MIN_GRAMS)):
                 continue
-            best = results[row]
-            if best is None or coverage > best.coverage:
-                bench, item_id = self.item_keys[item]
-                results[row] = Match(bench, item_id, f"ngram:{PARTS[part]}", first_text[(row, part_idx)],
-                                     round(coverage, 4))
+            coverage = found / total
+            best = results[r]
+            if best is not None and coverage <= best.coverage:
+                continue
+            words = words_per_text[r][p - starts[r]:p - starts[r] + n]
+            offset = int(self.gram_offset[e])
+            if self.part_text[o].split(" ")[offset:offset + n] != words:
+                continue  # a hash collision, not a real overlap
+            bench, item_id = self.item_keys[item]
+            results[r] = Match(bench, item_id, f"ngram:{PARTS[part]}", " ".join(words), round(coverage, 4))
 
     def _find_short(self, words_per_text, all_hashes, starts, row_ends, row_of, results) -> None:
         for k, (keys, owners) in self.short_by_len.items():

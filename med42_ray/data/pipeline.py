@@ -43,6 +43,7 @@ class PreparePlan:
 
     output_dir: Path
     read_tasks: list[dict]
+    input_bytes: int
     tokenizer_path: str
     benchmarks_dir: Path
     benchmark_items: list
@@ -86,6 +87,7 @@ def plan_prepare(cfg: RunConfig) -> PreparePlan:
     return PreparePlan(
         output_dir=out,
         read_tasks=tasks,
+        input_bytes=sum(t["end"] - t["start"] for t in tasks),
         tokenizer_path=tokenizer_path,
         benchmarks_dir=bench_dir,
         benchmark_items=[it for items in benchmarks.values() for it in items],
@@ -103,6 +105,7 @@ def run_prepare(cfg: RunConfig) -> dict:
 
     started = time.time()
     plan = plan_prepare(cfg)
+    log.info("planned in %.1fs", time.time() - started)
     p = cfg.prepare
     out = plan.output_dir
     for sub in ("ledger", "shards", "rejects"):
@@ -114,7 +117,11 @@ def run_prepare(cfg: RunConfig) -> dict:
           f"{index.stats['ngrams']} {p.ngram}-grams, {index.stats['short_items']} short items", flush=True)
 
     connect(cfg.ray)
-    ray.data.DataContext.get_current().enable_progress_bars = True
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    # Task-based sort shuffle for the dedup groupby: the hash shuffle's aggregator actors outlive
+    # the stage and hold CPUs that the packing stage then waits for.
+    ctx.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     index_ref = ray.put(index)
     weights = {s.name: s.weight for s in p.sources}
     source_rank = {s.name: i for i, s in enumerate(p.sources)}
@@ -122,11 +129,13 @@ def run_prepare(cfg: RunConfig) -> dict:
     # Stage 1: every row read, with its status, to the ledger.
     items = [{"task": json.dumps(t)} for t in plan.read_tasks]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(steps.read_task, batch_size=1)
-    # One shuffle partition per CPU: Ray's default (200 partitions, each with an aggregator)
-    # swamps a small cluster with worker processes for what is a light shuffle of hashes.
-    partitions = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ds = ds.groupby("dedup_key", num_partitions=partitions).map_groups(steps.mark_duplicates, batch_format="pyarrow",
+    # Duplicates are found per bucket of conversation hashes: map_groups costs a Python call per
+    # group, so one group per distinct conversation would dominate the run. ~4 MB of input per
+    # bucket keeps groups big on small inputs and bounded on large ones.
+    buckets = int(min(4096, max(1, plan.input_bytes // (4 << 20))))
+    partitions = int(min(buckets, max(1, ray.cluster_resources().get("CPU", 1))))
+    ds = ds.map_batches(steps.read_task, batch_size=1, fn_kwargs={"dedup_buckets": buckets})
+    ds = ds.groupby("dedup_bucket", num_partitions=partitions).map_groups(steps.mark_duplicates, batch_format="pyarrow",
                                              fn_kwargs={"source_rank": source_rank})
     ds = ds.map_batches(steps.decontaminate, batch_format="pyarrow", fn_kwargs={"index_ref": index_ref})
     ds = ds.map_batches(steps.sample, batch_format="pyarrow", fn_kwargs={"weights": weights, "seed": cfg.seed})

@@ -34,6 +34,7 @@ LEDGER_SCHEMA = pa.schema([
     ("detail", pa.string()),
     ("messages", pa.string()),  # JSON list of {role, content}
     ("dedup_key", pa.string()),
+    ("dedup_bucket", pa.int32()),  # groupby key: a few big groups, not one tiny group per row
     ("copies", pa.int32()),
     ("match_item", pa.string()),
     ("match_rule", pa.string()),
@@ -64,7 +65,7 @@ def _conversation_key(messages: list[dict]) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def read_task(batch: dict[str, Any], rows_per_batch: int = 1024) -> Iterator[pa.Table]:
+def read_task(batch: dict[str, Any], dedup_buckets: int, rows_per_batch: int = 1024) -> Iterator[pa.Table]:
     """Read one planned task (a file, or a byte range of one) into ledger rows."""
     from med42_ray.data.readers import iter_task
 
@@ -78,6 +79,7 @@ def read_task(batch: dict[str, Any], rows_per_batch: int = 1024) -> Iterator[pa.
                            dedup_key=f"rejected:{r['id']}")  # unique: rejects are never "duplicates"
             else:
                 row["dedup_key"] = _conversation_key(r["messages"])
+            row["dedup_bucket"] = int(row["dedup_key"][-8:], 16) % dedup_buckets if not r["reject"] else 0
             out.append(row)
             if len(out) >= rows_per_batch:
                 yield _table(out)
@@ -86,13 +88,16 @@ def read_task(batch: dict[str, Any], rows_per_batch: int = 1024) -> Iterator[pa.
             yield _table(out)
 
 
-def mark_duplicates(group: pa.Table, source_rank: dict[str, int]) -> pa.Table:
-    """All rows of one dedup_key: keep the first in mixture order (source order, then file, row)."""
-    rows = group.to_pylist()
-    live = sorted((r for r in rows if r["status"] == "kept"),
-                  key=lambda r: (source_rank[r["source"]], r["file"], r["row"]))
-    for r in live[1:]:
-        r.update(status="duplicate", reason="duplicate", detail=f"same conversation as {live[0]['id']}")
+def mark_duplicates(bucket: pa.Table, source_rank: dict[str, int]) -> pa.Table:
+    """All rows of one dedup bucket (every row with a given dedup_key is in the same bucket):
+    per key, keep the first in mixture order (source order, then file, then row)."""
+    rows = bucket.to_pylist()
+    first: dict[str, dict] = {}
+    for r in sorted((r for r in rows if r["status"] == "kept"),
+                    key=lambda r: (source_rank[r["source"]], r["file"], r["row"])):
+        kept = first.setdefault(r["dedup_key"], r)
+        if kept is not r:
+            r.update(status="duplicate", reason="duplicate", detail=f"same conversation as {kept['id']}")
     return _table(rows)
 
 

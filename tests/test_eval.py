@@ -1,0 +1,242 @@
+"""Scoring equals lm-eval's per-choice computation; the Ray fan-out survives a killed actor; the CLI
+writes every output. Models are tiny random Llamas with a tokenizer trained here (never downloaded)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from med42_ray.benchmarks import BenchmarkItem, load_benchmarks
+from med42_ray.eval.prompts import build_request
+from med42_ray.eval.scoring import Scorer, score_brute_force
+from med42_ray.eval.workers import load_model
+
+LETTER_TEXT = "Answer: A B C D E yes no maybe"
+
+
+def make_tiny_llama(path: Path, texts: list[str], max_positions: int = 2048) -> Path:
+    """A 2-layer random Llama and a byte-level BPE trained on `texts` (Llama-style BOS)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts + [LETTER_TEXT] * 50, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+    fast.save_pretrained(path)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=max_positions,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def make_lora_adapter(base: Path, path: Path) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(path)
+    return path
+
+
+def write_small_root(raw: Path, root: Path, n: int = 8) -> Path:
+    """A benchmark root in the raw formats with the first `n` questions of a few benchmarks."""
+    medqa = "medqa/US/4_options/phrases_no_exclude_test.jsonl"
+    (root / medqa).parent.mkdir(parents=True)
+    (root / medqa).write_text("".join((raw / medqa).read_text().splitlines(keepends=True)[:n]))
+    mmlu = "mmlu/test/anatomy_test.csv"
+    (root / mmlu).parent.mkdir(parents=True)
+    with (raw / mmlu).open(newline="") as f, (root / mmlu).open("w", newline="") as g:
+        csv.writer(g).writerows(list(csv.reader(f))[:n])
+    (root / "pubmedqa").mkdir()
+    truth = dict(list(json.loads((raw / "pubmedqa/test_ground_truth.json").read_text()).items())[:n // 2])
+    pqal = json.loads((raw / "pubmedqa/ori_pqal.json").read_text())
+    (root / "pubmedqa/test_ground_truth.json").write_text(json.dumps(truth))
+    (root / "pubmedqa/ori_pqal.json").write_text(json.dumps({k: pqal[k] for k in truth}))
+    head = json.loads((raw / "headqa/HEAD_EN/test_HEAD_EN.json").read_text())
+    first = next(iter(head["exams"]))
+    head["exams"] = {first: {**head["exams"][first], "data": head["exams"][first]["data"][:n]}}
+    (root / "headqa/HEAD_EN").mkdir(parents=True)
+    (root / "headqa/HEAD_EN/test_HEAD_EN.json").write_text(json.dumps(head))
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_root(raw_dir, tmp_path_factory) -> Path:
+    return write_small_root(raw_dir, tmp_path_factory.mktemp("bench_root"))
+
+
+@pytest.fixture(scope="module")
+def items(small_root) -> list[BenchmarkItem]:
+    return [it for v in load_benchmarks(small_root).values() for it in v]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(items, tmp_path_factory) -> Path:
+    texts = [f"{it.context} {it.question} {' '.join(it.choices)}" for it in items]
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", texts)
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_dir) -> Scorer:
+    torch.set_num_threads(1)  # the actors use one thread each: same arithmetic, same numbers
+    tokenizer, model = load_model(str(tiny_dir), dtype="float32", device="cpu")
+    return Scorer(model, tokenizer, max_batch_tokens=2048)
+
+
+@pytest.mark.parametrize("protocol", ["harness", "med42_chat", "full_text"])
+def test_batched_scores_equal_brute_force(scorer, items, protocol):
+    requests = [build_request(it, protocol) for it in items]
+    fast, brute = scorer.score(requests), score_brute_force(scorer, requests)
+    for r, a, b in zip(requests, fast, brute):
+        assert a.key == b.key == r.key
+        assert a.loglikelihoods == pytest.approx(b.loglikelihoods, abs=2e-5), r.item_id
+        assert a.is_greedy == b.is_greedy and a.num_tokens == b.num_tokens
+    methods = {s.method for s in fast}
+    if protocol == "harness":  # letters are one token here: one pass; HEAD-QA texts: prefix cache
+        assert methods == {"one_pass", "prefix_cache"}
+        assert {s.method for s, r in zip(fast, requests) if r.benchmark == "mmlu_anatomy"} == {"one_pass"}
+
+
+def test_truncated_prompts_fall_back_to_lm_eval_recipe(tiny_dir, items):
+    tokenizer, model = load_model(str(tiny_dir), dtype="float32", device="cpu")
+    short = Scorer(model, tokenizer, max_length=64)  # every prompt is longer: left-truncated per choice
+    requests = [build_request(it, "harness") for it in items[:4]]
+    got = short.score(requests)
+    assert {s.method for s in got} == {"brute_force"}
+    ref = [sum(short.model(input_ids=torch.tensor([(e.context + c)[-65:][:-1]])).logits[0, -len(c):]
+               .log_softmax(-1)[torch.arange(len(c)), c].tolist())
+           for r in requests for e in [short.encode(r)] for c in e.continuations]
+    assert [ll for s in got for ll in s.loglikelihoods] == pytest.approx(ref, abs=1e-5)
+
+
+def test_equal_prompts_are_scored_once(scorer, items):
+    r = build_request(items[0], "harness")
+    calls = []
+    forward = scorer.model.forward
+    scorer.model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    try:
+        a, b = scorer.score([r, r])
+    finally:
+        scorer.model.forward = forward
+    assert a is b and len(calls) == 1
+
+
+def test_scores_match_lm_eval_hf_backend(scorer, items):
+    """The numbers lm-eval itself computes for the same requests, with the same model object."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=scorer.model, tokenizer=scorer.tokenizer, batch_size=4, device="cpu")
+    requests = [build_request(it, "harness") for it in items[::3]]
+    instances = [Instance("loglikelihood", {}, (r.context, c), i) for r in requests for i, c in enumerate(r.continuations)]
+    theirs = [ll for ll, _ in lm.loglikelihood(instances, disable_tqdm=True)]
+    ours = [ll for s in scorer.score(requests) for ll in s.loglikelihoods]
+    assert ours == pytest.approx(theirs, abs=2e-5)
+
+
+def _eval_config(tmp: Path, root: Path, models: list[dict], **evaluate):
+    from med42_ray.config import load_config
+
+    cfg = load_config(None, [f"run_dir={tmp}", f"evaluate.benchmarks_dir={root}", "evaluate.progress=false",
+                             *(f"evaluate.{k}={v}" for k, v in evaluate.items())])
+    cfg.evaluate.models = models
+    return cfg
+
+
+def test_killed_actor_still_yields_complete_identical_results(ray_cluster, tmp_path, small_root, items, tiny_dir,
+                                                               scorer):
+    """Two models (base and base + LoRA) in parallel groups; the base model's only actor is killed
+    after its first task, with another task in flight: the task is retried, nothing lost or doubled."""
+    import ray
+
+    from med42_ray.eval.run import run_evaluate
+
+    adapter = make_lora_adapter(tiny_dir, tmp_path / "adapter")
+    cfg = _eval_config(tmp_path, small_root, [{"name": "base", "path": str(tiny_dir)},
+                                              {"name": "lora", "path": str(tiny_dir), "adapter": str(adapter)}],
+                       num_actors=1, questions_per_task=3)
+    events = []
+
+    def kill_first(ev):
+        events.append(ev)
+        if ev.model == "base" and not ev.retried and ev.done_tasks == 1:
+            ray.kill(ev.actors[0], no_restart=False)  # Ray restarts it; its in-flight task fails
+
+    summary = run_evaluate(cfg, on_event=kill_first)
+    assert any(ev.retried and ev.model == "base" for ev in events), "the kill hit no task in flight"
+
+    out = tmp_path / "eval"
+    for bench, expected in (("medqa_4options", 8), ("mmlu_anatomy", 8), ("pubmedqa", 4), ("headqa_en", 8)):
+        for model in ("base", "lora"):
+            rows = [json.loads(l) for l in (out / model / "samples" / f"{bench}.jsonl").read_text().splitlines()]
+            assert len(rows) == len({r["id"] for r in rows}) == expected
+            assert summary["models"][model]["benchmarks"][bench]["n"] == expected
+    # identical to scoring the same requests in this process
+    by_id = {(it.benchmark, it.id): it for it in items}
+    ref = {}
+    for bench in ("medqa_4options", "headqa_en"):
+        rows = [json.loads(l) for l in (out / "base" / "samples" / f"{bench}.jsonl").read_text().splitlines()]
+        reqs = [build_request(by_id[(bench, r["id"])], "harness") for r in rows]
+        for r, s in zip(rows, scorer.score(reqs)):
+            assert r["loglikelihoods"] == pytest.approx(s.loglikelihoods, abs=1e-6)
+            ref[r["id"]] = r["loglikelihoods"]
+    lora_rows = [json.loads(l) for l in (out / "lora" / "samples" / "medqa_4options.jsonl").read_text().splitlines()]
+    assert any(r["loglikelihoods"] != ref[r["id"]] for r in lora_rows), "the adapter changed nothing"
+    table = (out / "comparison.md").read_text()
+    assert "| benchmark | base | lora | Med42-70B (published) |" in table and "| medqa_4options |" in table
+    assert (out / "comparison.png").stat().st_size > 10_000
+
+
+def test_cli_evaluates_every_benchmark_with_two_actors(ray_cluster, tmp_path, tiny_dir):
+    """Acceptance on the embedded sample benchmarks (every benchmark it holds), 2 actors."""
+    from med42_ray.benchmarks import BENCHMARKS
+    from med42_ray.cli import main
+    from med42_ray.config import resolve_path
+
+    root = resolve_path("pkg://sample/data/benchmarks")
+    if not root.is_dir():
+        pytest.skip("embedded sample benchmarks not built yet")
+    rc = main(["evaluate", "--model", str(tiny_dir), "--num-actors", "2", "--run-dir", str(tmp_path),
+               "-o", "evaluate.progress=false"])
+    assert rc == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    loaded = load_benchmarks(root)
+    (model,) = results["models"].values()
+    assert set(model["benchmarks"]) == set(loaded)
+    for name, its in loaded.items():
+        got = model["benchmarks"][name]
+        assert got["n"] + got["excluded"] == len(its) and got["excluded"] == sum(it.needs_image for it in its)
+        assert got["canonical_size"] == BENCHMARKS[name].size
+        assert len((tmp_path / "eval" / "model" / "samples" / f"{name}.jsonl").read_text().splitlines()) == got["n"]
+    assert results["skipped_benchmarks"] == [n for n in BENCHMARKS if n not in loaded]
+
+
+def test_metrics_follow_lm_eval():
+    from med42_ray.eval import results as res
+    from med42_ray.eval.scoring import Scored
+
+    item = BenchmarkItem("headqa_en", "q1", "Which?", ("a", "bbbb"), 1)
+    req = build_request(item, "harness")
+    row = res.sample_row(item, req, Scored(req.key, [-2.0, -4.0], [True, False], [1, 3], "one_pass"))
+    # acc: argmax of log-likelihoods; acc_norm: divided by the choice's length in characters
+    assert (row["prediction"], row["prediction_norm"], row["acc"], row["acc_norm"]) == (0, 1, 0.0, 1.0)
+    m = res.benchmark_metrics([{"acc": a, "acc_norm": a} for a in (1.0, 0.0, 1.0, 1.0)], excluded=2, canonical=6)
+    assert m["acc"] == 0.75 and m["acc_stderr"] == pytest.approx(0.5 / 2) and m["excluded"] == 2
+    agg = res.aggregate({f"mmlu_{s}": {"acc": a, "n": n} for s, a, n in
+                         (("anatomy", 0.5, 10), ("clinical_knowledge", 1.0, 30))}, {})
+    assert agg["mmlu_clinical"]["acc"] == 0.75 and agg["mmlu_clinical"]["acc_weighted_by_size"] == 0.875

@@ -1,0 +1,86 @@
+"""Train config, schedule sizing, checkpoint validation and the FLOPs formula (no Ray)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from med42_ray.config import ConfigError, load_config
+from med42_ray.train.checkpointing import CheckpointError, marker_name, restore
+from med42_ray.train.config import TrainConfig
+from med42_ray.train.metrics import MetricsLog, flops_per_token, read_metrics, superseded_path
+from med42_ray.train.trainer import cpus_per_worker, job_plan
+
+
+def test_defaults_follow_the_paper_and_the_strategy():
+    full, lora = TrainConfig(strategy="full"), TrainConfig(strategy="lora")
+    assert (full.resolved_epochs(), lora.resolved_epochs()) == (3, 8)
+    assert (full.resolved_zero_stage(), lora.resolved_zero_stage()) == (3, 2)
+    assert (lora.lora.r, lora.lora.alpha, lora.lora.dropout) == (8, 16, 0.05)
+    assert lora.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert TrainConfig(strategy="lora", epochs=2, zero_stage=3).resolved_epochs() == 2
+
+
+def test_bad_train_config_is_rejected_at_load():
+    with pytest.raises(ConfigError, match="unknown key 'train.learning_rate'"):
+        load_config(None, ["train.learning_rate=1e-4"])
+    with pytest.raises(ConfigError, match="offload_params needs zero_stage 3"):
+        load_config(None, ["train.offload_params=true", "train.zero_stage=2"])
+    with pytest.raises(ConfigError, match="train.strategy"):
+        load_config(None, ["train.strategy=qlora"])
+
+
+def test_job_plan_drops_the_uneven_remainder_identically_on_every_worker():
+    cfg = TrainConfig(strategy="full", micro_batch_size=2, grad_accum=3, max_steps=None)
+    plan = job_plan(cfg, num_rows=101, world=2)  # 50 rows each -> 25 micro-batches -> 8 steps
+    assert plan == {"micro_per_epoch": 25, "steps_per_epoch": 8, "epochs": 3, "total_steps": 24}
+    assert job_plan(cfg.model_copy(update={"max_steps": 5}), 101, 2)["total_steps"] == 5
+    with pytest.raises(ConfigError, match="not enough data for one optimizer step"):
+        job_plan(cfg, num_rows=11, world=2)
+
+
+def test_cpu_workers_leave_a_core_for_data_loading():
+    cfg = TrainConfig()
+    assert cpus_per_worker(cfg, 2) == 0.5
+    assert cpus_per_worker(cfg, 16) == 1.0
+    with pytest.raises(ConfigError, match="not enough for 2 training workers"):
+        cpus_per_worker(cfg, 1)
+
+
+def _fake_checkpoint(path, world, present, step=3):
+    for r in present:
+        (path / marker_name(r)).write_text(json.dumps({"world_size": world, "rank": r, "step": step,
+                                                       "epoch": 0, "micro_in_epoch": 3, "tokens_seen": 9}))
+
+
+def test_partly_written_or_mismatched_checkpoints_are_refused(tmp_path):
+    _fake_checkpoint(tmp_path, world=2, present=[0])
+    with pytest.raises(CheckpointError, match="incomplete: rank1.complete.json is missing"):
+        restore(None, tmp_path, rank=0, world_size=2, lora=False)
+    _fake_checkpoint(tmp_path, world=2, present=[0, 1])
+    with pytest.raises(CheckpointError, match="written by 2 workers; this run has 1"):
+        restore(None, tmp_path, rank=0, world_size=1, lora=False)
+
+
+def test_flops_per_token_is_6n_plus_attention():
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4)
+    model = LlamaForCausalLM(cfg)
+    n = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    assert flops_per_token(model, 2, 32, seq_len=128) == 6 * n + 12 * 2 * 32 * 128
+    for p in model.parameters():  # frozen weights: no weight gradient, 4 FLOPs per parameter
+        p.requires_grad_(False)
+    assert flops_per_token(model, 2, 32, seq_len=128) == 4 * n + 12 * 2 * 32 * 128
+
+
+def test_metrics_log_supersedes_steps_redone_after_a_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path, resume_step=0)
+    for step in range(1, 6):
+        log.write({"step": step, "loss": float(step)})
+    log = MetricsLog(path, resume_step=3)  # restarted from the step-3 checkpoint
+    log.write({"step": 4, "loss": 40.0})
+    assert [(r["step"], r["loss"]) for r in read_metrics(path)] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+    assert [r["step"] for r in read_metrics(superseded_path(path))] == [4, 5]
