@@ -15,6 +15,8 @@ from med42_ray.config import ConfigError, RunConfig, load_config
 # Stage modules that add sub-commands, in the order `--help` lists them.
 COMMAND_MODULES = [
     "med42_ray.data.cli",
+    "med42_ray.train.cli",
+    "med42_ray.eval.cli",
 ]
 
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from med42_ray.data.config import PrepareConfig
+from med42_ray.eval.config import EvalConfig
 from med42_ray.strict_model import StrictModel
 from med42_ray.train.config import TrainConfig
 
@@ -35,6 +36,7 @@ class RunConfig(StrictModel):
     model: str = Field("tiny-llama", description="HF model id, local HF directory, or 'tiny-llama' (embedded)")
     ray: RayConfig = RayConfig()
     prepare: PrepareConfig = PrepareConfig()
+    evaluate: EvalConfig = EvalConfig()
     train: TrainConfig = TrainConfig()
 
 

@@ -47,3 +47,15 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def sample_prepared(ray_cluster, tmp_path_factory):
+    """`med42-ray prepare` on the embedded sample, run once per test session:
+    (prepared directory, manifest)."""
+    from med42_ray.config import load_config
+    from med42_ray.data.pipeline import run_prepare
+
+    run_dir = tmp_path_factory.mktemp("sample_prepare")
+    manifest = run_prepare(load_config(None, [f"run_dir={run_dir}"]))
+    return run_dir / "prepared", manifest

@@ -24,10 +24,8 @@ def _assert_invariant(manifest: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def sample_run(ray_cluster, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sample_run")
-    manifest = run_prepare(load_config(None, [f"run_dir={out}"]))
-    return out / "prepared", manifest
+def sample_run(sample_prepared):
+    return sample_prepared
 
 
 def test_sample_manifest_accounts_for_every_row(sample_run):

@@ -22,13 +22,9 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def prepared(ray_cluster, tmp_path_factory) -> Path:
+def prepared(sample_prepared) -> Path:
     """`prepare` on the packaged sample mixture, as `med42-ray prepare` would run it."""
-    from med42_ray.data.pipeline import run_prepare
-
-    run_dir = tmp_path_factory.mktemp("prepare")
-    run_prepare(load_config(None, [f"run_dir={run_dir}"]))
-    return run_dir / "prepared"
+    return sample_prepared[0]
 
 
 def _config(run_dir: Path, prepared: Path, strategy: str, *extra: str):

@@ -4,7 +4,7 @@ MedAlpaca-derived JSONL of the sample items with inline options.
 The two are NOT the same edition (checked on shared/data/raw): the PDFs are the 2023-24 booklets
 (Step 1 Jan 2024, Step 2 CK Jul 2023, Step 3 Dec 2023) and the JSONL is the older edition that
 MedAlpaca scraped, which Nori et al. (2023) and Med42 evaluated. Both have 376 = 119 + 120 + 137
-items, but only 77 Step 1 items (and a handful of Step 2/3 items) appear in both. So:
+items, but only 78 items (77 of Step 1) appear in both; their answers agree. So:
 
 * `usmle_sample_exam` is the PDF edition (gold = the booklet's answer key) when the PDFs are
   present; without them it is the JSONL edition, so a root with the JSONL alone still has it.
@@ -15,6 +15,12 @@ items, but only 77 Step 1 items (and a handful of Step 2/3 items) appear in both
 
 Steps in the JSONL: the file has no step field; its order is Step 1, Step 2 CK, Step 3 (119, 120,
 137 lines) as in MedAlpaca's step1/2/3 files it was built from, so steps are assigned by position.
+A JSONL of any other length (the embedded sample's 30 items) cannot be split that way: its items
+get step "unknown" (ids "unknown-NNN") and the per-step report has only that row.
+
+Image-dependent items (`needs_image`): the stem rule of images.py, plus, in the PDFs, items whose
+options are only letters in a figure and items that refer to an abstract or advertisement printed on
+other pages ("Items #17-19 refer to the abstract displayed on the previous page").
 """
 
 from __future__ import annotations

@@ -1,0 +1,160 @@
+"""Questions/s of `med42-ray evaluate` vs lm-evaluation-harness on the same model and MedQA questions.
+
+Both run in this process, one after the other, on the same model directory and the same MedQA
+4-option test questions. lm-eval runs its own `medqa_4options` task YAML (HF backend) on a local
+copy of the questions (med42_ray.eval.harness); ours runs the registry's items on a Ray actor pool.
+Reported: wall seconds and questions/s for each (model loading included for both; the Ray cluster
+is started before the clock), both accuracies, how many predictions agree, and the largest
+per-question log-likelihood difference. Writes the `## Evaluation` section of BENCHMARKS.md.
+
+    python bench/bench_eval.py                                   # tiny-llama, all 1,273 questions
+    python bench/bench_eval.py --model <hf dir> --limit 200 --num-actors 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+BENCHMARK = "medqa_4options"
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_prepare import ProcessTreeMonitor  # noqa: E402  (same CPU accounting as the Prepare section)
+
+MONITOR = ProcessTreeMonitor()
+
+
+def run_lm_eval(model_dir: str, items, batch_size: int, workdir: Path) -> tuple[float, dict, list]:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from med42_ray.eval.harness import write_local_task
+
+    task = write_local_task(workdir, BENCHMARK, items, task_name="bench_medqa_4options")
+    start = time.perf_counter()
+    cpu0 = MONITOR.cpu_snapshot()
+    out = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=[task],
+        task_manager=TaskManager(include_path=str(workdir), include_defaults=False),
+        batch_size=batch_size, device="cpu", log_samples=True, num_fewshot=0)
+    seconds = time.perf_counter() - start
+    cpu = MONITOR.cpu_between(cpu0, MONITOR.cpu_snapshot())
+    samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
+    lls = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
+    return seconds, cpu, out["results"][task], lls
+
+
+def run_ours(model_dir: str, n: int, num_actors: int, root: str, workdir: Path) -> tuple[float, dict, list]:
+    from med42_ray.cluster import connect
+    from med42_ray.config import load_config
+    from med42_ray.eval.run import run_evaluate
+
+    cfg = load_config(None, [f"run_dir={workdir}", f"evaluate.benchmarks_dir={root}",
+                             f"evaluate.benchmarks=[{BENCHMARK}]", f"evaluate.num_actors={num_actors}",
+                             f"evaluate.limit={n}", "evaluate.progress=false", f"ray.num_cpus={os.cpu_count()}",
+                             "ray.dashboard=false"])
+    cfg.evaluate.models = [{"name": "model", "path": model_dir}]
+    connect(cfg.ray)  # cluster start-up is paid once per cluster, not per evaluation
+    start = time.perf_counter()
+    cpu0 = MONITOR.cpu_snapshot()
+    summary = run_evaluate(cfg)
+    seconds = time.perf_counter() - start
+    cpu = MONITOR.cpu_between(cpu0, MONITOR.cpu_snapshot())
+    rows = [json.loads(line) for line in (workdir / "eval" / "model" / "samples" / f"{BENCHMARK}.jsonl").open()]
+    return seconds, cpu, summary["models"]["model"]["benchmarks"][BENCHMARK], [r["loglikelihoods"] for r in rows]
+
+
+def write_section(path: Path, body: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = "## Evaluation\n\n" + body.strip() + "\n"
+    pattern = re.compile(r"^## Evaluation\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny-llama", help="HF model directory (or 'tiny-llama')")
+    p.add_argument("--benchmarks-dir", default=str(REPO.parent / "shared" / "data" / "raw"))
+    p.add_argument("--limit", type=int, default=None, help="first N MedQA test questions (default: all)")
+    p.add_argument("--num-actors", type=int, default=2)
+    p.add_argument("--lm-eval-batch-size", type=int, default=16)
+    p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = p.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+
+    from med42_ray.benchmarks import load_benchmarks
+    from med42_ray.model import resolve_model
+
+    model_dir = resolve_model(args.model)
+    items = load_benchmarks(args.benchmarks_dir, [BENCHMARK])[BENCHMARK]
+    items = [it for it in items if not it.needs_image][: args.limit]
+    n = len(items)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        with MONITOR:
+            theirs_s, theirs_cpu, theirs, their_lls = run_lm_eval(model_dir, items, args.lm_eval_batch_size,
+                                                                  tmp / "lm_eval")
+            ours_s, ours_cpu, ours, our_lls = run_ours(model_dir, n, args.num_actors, args.benchmarks_dir,
+                                                       tmp / "ours")
+    assert len(their_lls) == len(our_lls) == n
+    argmax = [max(range(len(v)), key=v.__getitem__) for v in their_lls]
+    our_argmax = [max(range(len(v)), key=v.__getitem__) for v in our_lls]
+    agree = sum(a == b for a, b in zip(argmax, our_argmax))
+    max_diff = max(abs(a - b) for u, v in zip(their_lls, our_lls) for a, b in zip(u, v))
+    ratio = (n / ours_s) / (n / theirs_s)
+    cpu = platform.processor() or platform.machine()
+    notes = ""
+    if ratio < 4:
+        notes = ("\nThe 4x target is not met here. Both sides run the same forward passes: lm-eval 0.4's "
+                 "logits cache already scores all one-token choices of a question from one forward pass, and "
+                 "on CPU cores the transformer layers over the prompt dominate. What is left to gain is the "
+                 "actor pool (one single-threaded process per core instead of one multi-threaded process), "
+                 "projecting only the last position onto the vocabulary instead of every position, and "
+                 "length-sorted batching. On a cluster the actor pool scales with the GPUs/nodes "
+                 "(one actor per GPU), which lm-eval's single process does not.\n")
+    body = f"""
+`med42-ray evaluate` vs lm-evaluation-harness {__import__('lm_eval').__version__} (HF backend), same model
+directory (`{args.model}`), same {n} MedQA 4-option test questions, one process, CPU only
+({os.cpu_count()} cores, {cpu}); lm-eval batch size {args.lm_eval_batch_size}, ours {args.num_actors} Ray actors.
+Wall time includes model loading for both (Ray cluster started before the clock). CPU seconds sum
+this process and all its descendants (Ray's raylet, GCS, dashboard and actors for ours), sampled
+with psutil (bench_prepare's ProcessTreeMonitor): unlike wall time they do not grow when other work
+shares the machine.
+
+| | lm-eval | med42-ray | ratio |
+|---|---:|---:|---:|
+| wall seconds | {theirs_s:.1f} | {ours_s:.1f} | |
+| questions/s | {n / theirs_s:.1f} | {n / ours_s:.1f} | **{ratio:.2f}x** |
+| CPU seconds (user + system, all processes) | {theirs_cpu:.0f} | {ours_cpu:.0f} | |
+| questions per CPU-second | {n / theirs_cpu:.2f} | {n / ours_cpu:.2f} | {theirs_cpu / ours_cpu:.2f}x |
+| acc | {theirs['acc,none']:.4f} | {ours['acc']:.4f} | |
+| acc_norm | {theirs['acc_norm,none']:.4f} | {ours['acc_norm']:.4f} | |
+
+Identical predictions: {agree}/{n}. Largest per-question log-likelihood difference: {max_diff:.2e}.
+Machine load while measuring (1-minute load average at the end): {os.getloadavg()[0]:.1f}.
+{notes}
+
+Reproduce: `python bench/bench_eval.py --model {args.model} --num-actors {args.num_actors}` \
+{'--limit ' + str(args.limit) if args.limit else ''}
+"""
+    print(body)
+    if not args.no_write:
+        write_section(REPO / "BENCHMARKS.md", body)
+        print(f"updated {REPO / 'BENCHMARKS.md'}")
+    return 0 if agree == n else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Readers for the benchmarks stored in their original public formats (see shared/data/raw/SOURCES.md).
+
+Each reader takes the root directory (laid out like shared/data/raw) and yields BenchmarkItems in
+file order. Ids are stable across runs: the dataset's own id where it has one, else the row.
+A malformed row raises BenchmarkFormatError naming the file, the row and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from med42_ray.benchmarks.images import headqa_needs_image
+from med42_ray.benchmarks.item import BenchmarkFormatError, BenchmarkItem
+
+LETTERS = "ABCDEFGHIJ"
+
+MEDQA_TEST = "medqa/US/4_options/phrases_no_exclude_test.jsonl"
+MEDMCQA_DEV = "medmcqa/dev.json"
+PUBMEDQA_QUESTIONS = "pubmedqa/ori_pqal.json"
+PUBMEDQA_TEST_IDS = "pubmedqa/test_ground_truth.json"
+HEADQA_TEST = "headqa/HEAD_EN/test_HEAD_EN.json"
+MMLU_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine",
+                 "medical_genetics", "professional_medicine")
+
+
+def mmlu_test_file(subject: str) -> str:
+    return f"mmlu/test/{subject}_test.csv"
+
+
+def _field(row: dict, name: str, path: Path, n: Any, kind: type | tuple = str) -> Any:
+    if name not in row or row[name] is None:
+        raise BenchmarkFormatError(path, n, name, "missing")
+    value = row[name]
+    if not isinstance(value, kind):
+        expected = "/".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        raise BenchmarkFormatError(path, n, name, f"expected {expected}, got {type(value).__name__}")
+    return value
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BenchmarkFormatError(path, n, "<line>", f"not JSON: {e}") from None
+            if not isinstance(row, dict):
+                raise BenchmarkFormatError(path, n, "<line>", "not a JSON object")
+            yield n, row
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise BenchmarkFormatError(path, e.lineno, "<file>", f"not JSON: {e.msg}") from None
+
+
+def load_medqa(root: Path) -> Iterator[BenchmarkItem]:
+    """MedQA USMLE 4-option test (the file lm-eval's medqa_4options was built from)."""
+    path = root / MEDQA_TEST
+    for n, row in _jsonl(path):
+        options = _field(row, "options", path, n, dict)
+        letters = sorted(options)
+        if letters != list(LETTERS[:len(letters)]):
+            raise BenchmarkFormatError(path, n, "options", f"expected keys A, B, ...; got {letters}")
+        answer = _field(row, "answer_idx", path, n)
+        if answer not in options:
+            raise BenchmarkFormatError(path, n, "answer_idx", f"{answer!r} is not an option")
+        yield BenchmarkItem("medqa_4options", f"test-{n:04d}", _field(row, "question", path, n),
+                            tuple(options[k] for k in letters), letters.index(answer),
+                            meta={"step": row.get("meta_info"), "needs_image": False})
+
+
+def load_medmcqa(root: Path) -> Iterator[BenchmarkItem]:
+    """MedMCQA dev (lm-eval's medmcqa test split is the validation = dev set); `cop` counts from 1."""
+    path = root / MEDMCQA_DEV
+    for n, row in _jsonl(path):
+        cop = _field(row, "cop", path, n, int)
+        if not 1 <= cop <= 4:
+            raise BenchmarkFormatError(path, n, "cop", f"expected 1..4, got {cop}")
+        choices = tuple(_field(row, k, path, n) for k in ("opa", "opb", "opc", "opd"))
+        yield BenchmarkItem("medmcqa", _field(row, "id", path, n), _field(row, "question", path, n),
+                            choices, cop - 1,
+                            meta={"subject": row.get("subject_name"), "choice_type": row.get("choice_type"),
+                                  "needs_image": False})
+
+
+PUBMEDQA_CHOICES = ("yes", "no", "maybe")
+
+
+def load_pubmedqa(root: Path) -> Iterator[BenchmarkItem]:
+    """PubMedQA PQA-L: the 500 test PMIDs of test_ground_truth.json, text from ori_pqal.json.
+
+    `context` is the abstract without its conclusion, the CONTEXTS joined by newlines, exactly as
+    lm-eval's pubmedqa doc_to_text joins them.
+    """
+    ids_path, q_path = root / PUBMEDQA_TEST_IDS, root / PUBMEDQA_QUESTIONS
+    truth = _json(ids_path)
+    questions = _json(q_path)
+    if not isinstance(truth, dict) or not isinstance(questions, dict):
+        raise BenchmarkFormatError(ids_path, "-", "<file>", "expected a JSON object keyed by PMID")
+    for pmid, label in truth.items():
+        if label not in PUBMEDQA_CHOICES:
+            raise BenchmarkFormatError(ids_path, pmid, "<value>", f"expected yes/no/maybe, got {label!r}")
+        if pmid not in questions:
+            raise BenchmarkFormatError(q_path, pmid, "<key>", "test PMID missing from ori_pqal.json")
+        row = questions[pmid]
+        contexts = _field(row, "CONTEXTS", q_path, pmid, list)
+        yield BenchmarkItem("pubmedqa", pmid, _field(row, "QUESTION", q_path, pmid), PUBMEDQA_CHOICES,
+                            PUBMEDQA_CHOICES.index(label), context="\n".join(contexts),
+                            meta={"year": row.get("YEAR"), "needs_image": False})
+
+
+def load_mmlu(root: Path, subject: str) -> Iterator[BenchmarkItem]:
+    """One MMLU subject's test split: headerless CSV `question,A,B,C,D,answer`."""
+    path = root / mmlu_test_file(subject)
+    with path.open(encoding="utf-8", newline="") as f:
+        for n, row in enumerate(csv.reader(f), start=1):
+            if len(row) != 6:
+                raise BenchmarkFormatError(path, n, "<row>", f"expected 6 columns, got {len(row)}")
+            if row[5] not in "ABCD" or len(row[5]) != 1:
+                raise BenchmarkFormatError(path, n, "answer", f"expected A-D, got {row[5]!r}")
+            yield BenchmarkItem(f"mmlu_{subject}", f"{subject}-test-{n:04d}", row[0], tuple(row[1:5]),
+                                "ABCD".index(row[5]), meta={"subject": subject, "needs_image": False})
+
+
+def load_headqa(root: Path) -> Iterator[BenchmarkItem]:
+    """HEAD-QA English test. Answers are keyed by `aid` and `ra` is the right aid, so gold is
+    found by aid (not position). needs_image: the `image` field names a picture."""
+    path = root / HEADQA_TEST
+    data = _json(path)
+    exams = data.get("exams") if isinstance(data, dict) else None
+    if not isinstance(exams, dict):
+        raise BenchmarkFormatError(path, "-", "exams", "missing or not an object")
+    for exam_name, exam in exams.items():
+        for n, q in enumerate(_field(exam, "data", path, exam_name, list), start=1):
+            where = f"{exam_name}[{n}]"
+            answers = sorted(_field(q, "answers", path, where, list), key=lambda a: int(a["aid"]))
+            aids = [int(a["aid"]) for a in answers]
+            ra = int(_field(q, "ra", path, where, (str, int)))
+            if ra not in aids:
+                raise BenchmarkFormatError(path, where, "ra", f"{ra} is not an answer aid {aids}")
+            yield BenchmarkItem("headqa_en", f"{exam_name}-{_field(q, 'qid', path, where, (str, int))}",
+                                _field(q, "qtext", path, where), tuple(a["atext"] for a in answers),
+                                aids.index(ra),
+                                meta={"subject": exam.get("category"), "year": exam.get("year"),
+                                      "needs_image": headqa_needs_image(str(q.get("image") or ""), q["qtext"])})

@@ -1,0 +1,75 @@
+"""`med42-ray evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from med42_ray.config import ConfigError
+
+
+def _model_spec(text: str) -> dict:
+    """'name=path' or 'name=path@adapter_dir'."""
+    if "=" not in text:
+        raise ConfigError(f"--compare-model {text!r}: expected NAME=MODEL[@ADAPTER]")
+    name, rest = text.split("=", 1)
+    path, _, adapter = rest.partition("@")
+    return {"name": name, "path": path, "adapter": adapter or None}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from med42_ray.cli import load_from_args
+    from med42_ray.eval.run import run_evaluate
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    extra = []
+    for flag, key in (("benchmarks_dir", "evaluate.benchmarks_dir"), ("protocol", "evaluate.protocol"),
+                      ("num_actors", "evaluate.num_actors"), ("limit", "evaluate.limit"),
+                      ("output_dir", "evaluate.output_dir")):
+        value = getattr(args, flag)
+        if value is not None:
+            extra.append(f"{key}={value}")
+    if args.benchmarks:
+        extra.append(f"evaluate.benchmarks=[{','.join(args.benchmarks.split(','))}]")
+    cfg = load_from_args(args, extra)
+    if args.compare_model:  # the run's own model first, then the others
+        from med42_ray.eval.run import default_model_name
+
+        models = [m.model_dump() for m in cfg.evaluate.models] or [
+            {"name": default_model_name(cfg.model, args.adapter), "path": cfg.model, "adapter": args.adapter}]
+        cfg.evaluate.models = models + [_model_spec(t) for t in args.compare_model]  # validated on assignment
+    if args.compare_with:
+        cfg.evaluate.compare_with = [*cfg.evaluate.compare_with, *args.compare_with]
+    run_evaluate(cfg, adapter=args.adapter)
+    return 0
+
+
+def register(sub) -> None:
+    from med42_ray.cli import add_common
+
+    p = sub.add_parser(
+        "evaluate",
+        help="zero-shot medical benchmarks (lm-evaluation-harness protocol) on a pool of Ray actors",
+        description=(
+            "Score MedQA, MedMCQA, PubMedQA, the six clinical MMLU subjects, HEAD-QA and the USMLE "
+            "sample items by the log-likelihood of each choice, as lm-evaluation-harness 0.4 does, on "
+            "a pool of Ray actors per model. Writes results.json, samples/<benchmark>.jsonl per model, "
+            "and a comparison table (Markdown + PNG) with Med42-70B's published numbers. With no "
+            "options it evaluates the embedded tiny model on the embedded sample benchmarks."
+        ),
+    )
+    add_common(p)
+    p.add_argument("--adapter", default=None, help="LoRA adapter directory for --model (peft, not merged)")
+    p.add_argument("--benchmarks-dir", default=None,
+                   help="root laid out like shared/data/raw (default: the embedded sample)")
+    p.add_argument("--benchmarks", default=None, help="comma-separated benchmark names (default: all found)")
+    p.add_argument("--protocol", choices=["harness", "med42_chat", "full_text"], default=None,
+                   help="prompt and scoring protocol (default: harness)")
+    p.add_argument("--num-actors", type=int, default=None, help="scoring actors per model")
+    p.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
+    p.add_argument("--output-dir", default=None, help="where results go (default: <run_dir>/eval)")
+    p.add_argument("--compare-model", action="append", default=[], metavar="NAME=MODEL[@ADAPTER]",
+                   help="another model to evaluate in the same run (repeatable)")
+    p.add_argument("--compare-with", action="append", default=[], metavar="RESULTS_JSON",
+                   help="earlier results.json to include in the comparison table (repeatable)")
+    p.set_defaults(func=cmd_evaluate)

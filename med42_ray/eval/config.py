@@ -1,0 +1,62 @@
+"""Configuration of `med42-ray evaluate`: which models, which benchmarks, which protocol, how wide."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from med42_ray.strict_model import StrictModel
+
+PROTOCOLS = ("harness", "med42_chat", "full_text")
+
+
+class EvalModel(StrictModel):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.:+-]+$", description="label in results and tables")
+    path: str = Field(..., description="HF model id, local HF directory, or 'tiny-llama'")
+    adapter: str | None = Field(None, description="LoRA adapter directory (peft), applied without merging")
+
+
+class EvalConfig(StrictModel):
+    benchmarks_dir: str = Field("pkg://sample/data/benchmarks",
+                                description="root laid out like shared/data/raw")
+    benchmarks: list[str] | None = Field(None, description="benchmark names (None: every one found)")
+    protocol: Literal["harness", "med42_chat", "full_text"] = Field(
+        "harness", description="harness: lm-evaluation-harness 0.4 templates; med42_chat: the same question "
+                               "inside Med42's chat template; full_text: score the answer text, not its letter")
+    models: list[EvalModel] = Field(default_factory=list,
+                                    description="models to compare (empty: the run's `model`, plus --adapter)")
+    num_actors: int = Field(2, ge=1, description="scoring actors per model (one per GPU; on CPU one per slot)")
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float | None = Field(None, ge=0, description="None: 1 when the cluster has GPUs, else 0")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on GPU, float32 on CPU")
+    questions_per_task: int = Field(32, ge=1, description="questions sent to an actor at once (the retry unit)")
+    max_batch_tokens: int = Field(8192, ge=64, description="padded tokens per forward pass")
+    max_length: int | None = Field(None, ge=16, description="left-truncate prompts to this many tokens "
+                                                             "(None: the model's max_position_embeddings)")
+    limit: int | None = Field(None, ge=1, description="first N questions of each benchmark (smoke runs)")
+    max_task_retries: int = Field(3, ge=0, description="times a task is re-sent after its actor died")
+    output_dir: str | None = Field(None, description="where results go (None: <run_dir>/eval)")
+    compare_with: list[str] = Field(default_factory=list,
+                                    description="earlier results.json files to put in the comparison table")
+    progress: bool = Field(True, description="progress bar of questions done per benchmark")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        from med42_ray.benchmarks import BENCHMARKS
+
+        if v is not None:
+            unknown = [n for n in v if n not in BENCHMARKS]
+            if unknown:
+                raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "EvalConfig":
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+        return self

@@ -1,0 +1,116 @@
+"""Prompts per benchmark and protocol: a context string and the continuations to score after it.
+
+`harness` reproduces lm-evaluation-harness 0.4.x character for character (tests compare with the
+installed package's task YAMLs):
+
+  medqa_4options  "Question: {q}\\nA. {a}\\n...D. {d}\\nAnswer:"            choices " A".." D"
+  medmcqa         "Question: {q}\\nChoices:\\nA. {a}\\n...D. {d}\\nAnswer:"  choices " A".." D"
+  pubmedqa        "Abstract: {contexts joined by \\n}\\nQuestion: {q}\\nAnswer:"  " yes" " no" " maybe"
+  mmlu_<subject>  "The following are multiple choice questions (with answers) about {subject}.\\n\\n"
+                  "{q.strip()}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}\\nAnswer:"   choices " A".." D"
+  headqa_en       "Question: {q}\\nAnswer:"                                  choices " " + answer text
+  usmle_*         no lm-eval task: medqa_4options' template with as many letters as options (A-E...)
+
+The continuation is target_delimiter " " + choice, as lm-eval builds it.
+
+`med42_chat`: the question with its lettered options (the training side's `format_multiple_choice`)
+inside Med42's chat template, answered by the letter right after "<|assistant|>:" (no space), as
+the training answers ("B. Cisplatin") begin. PubMedQA's abstract comes before the question; HEAD-QA
+keeps its answer texts as continuations (they are what lm-eval scores for it).
+
+`full_text` (Med42-v2 style): the harness prompt, but every benchmark scores " " + the answer text
+instead of its letter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from med42_ray.benchmarks import BenchmarkItem
+from med42_ray.data.config import MED42_SYSTEM_PROMPT
+from med42_ray.records import LETTERS, format_multiple_choice
+
+TARGET_DELIMITER = " "
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a scorer needs for one question: a context and the continuations to compare."""
+
+    benchmark: str
+    item_id: str
+    context: str
+    continuations: tuple[str, ...]
+    gold: int
+    choice_texts: tuple[str, ...]  # lm-eval's doc_to_choice (acc_norm divides by their length)
+
+    @property
+    def key(self) -> str:
+        """Hash of exactly what is computed: equal keys are scored once."""
+        h = hashlib.sha256(self.context.encode())
+        for c in self.continuations:
+            h.update(b"\x00" + c.encode())
+        return h.hexdigest()[:24]
+
+    @property
+    def prompt_hash(self) -> str:
+        return hashlib.sha256(self.context.encode()).hexdigest()[:16]
+
+
+def mmlu_description(benchmark: str) -> str:
+    subject = benchmark.removeprefix("mmlu_").replace("_", " ")
+    return f"The following are multiple choice questions (with answers) about {subject}.\n\n"
+
+
+def _lettered(choices) -> str:
+    return "".join(f"{LETTERS[i]}. {c}\n" for i, c in enumerate(choices))
+
+
+def harness_text(item: BenchmarkItem) -> str:
+    """lm-eval's description + doc_to_text for this item's benchmark."""
+    b = item.benchmark
+    if b == "medqa_4options" or b.startswith("usmle_"):
+        return f"Question: {item.question}\n{_lettered(item.choices)}Answer:"
+    if b == "medmcqa":
+        return f"Question: {item.question}\nChoices:\n{_lettered(item.choices)}Answer:"
+    if b == "pubmedqa":
+        return f"Abstract: {item.context}\nQuestion: {item.question}\nAnswer:"
+    if b.startswith("mmlu_"):
+        return mmlu_description(b) + f"{item.question.strip()}\n{_lettered(item.choices)}Answer:"
+    if b == "headqa_en":
+        return f"Question: {item.question}\nAnswer:"
+    raise KeyError(f"no prompt template for benchmark {b!r}")
+
+
+def harness_choices(item: BenchmarkItem) -> tuple[str, ...]:
+    """lm-eval's doc_to_choice: letters for lettered prompts, texts for PubMedQA and HEAD-QA."""
+    if item.benchmark in ("pubmedqa", "headqa_en"):
+        return tuple(item.choices)
+    return tuple(LETTERS[i] for i in range(len(item.choices)))
+
+
+def med42_chat_text(item: BenchmarkItem) -> str:
+    if item.benchmark == "headqa_en":
+        body = item.question
+    else:
+        body = format_multiple_choice(item.question, item.choices)
+    if item.context:
+        body = f"{item.context}\n\n{body}"
+    return f"<|system|>: {MED42_SYSTEM_PROMPT}\n<|prompter|>:{body}\n<|assistant|>:"
+
+
+def build_request(item: BenchmarkItem, protocol: str) -> Request:
+    if protocol == "harness":
+        choices = harness_choices(item)
+        context, conts = harness_text(item), tuple(TARGET_DELIMITER + c for c in choices)
+    elif protocol == "med42_chat":
+        choices = tuple(item.choices) if item.benchmark == "headqa_en" else harness_choices(item)
+        # the training answers follow "<|assistant|>:" directly ("B. Cisplatin"): no delimiter
+        context, conts = med42_chat_text(item), choices
+    elif protocol == "full_text":
+        choices = tuple(item.choices)
+        context, conts = harness_text(item), tuple(TARGET_DELIMITER + c for c in choices)
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}")
+    return Request(item.benchmark, item.id, context, conts, item.gold, choices)

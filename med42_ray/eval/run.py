@@ -1,0 +1,160 @@
+"""`med42-ray evaluate`: load the benchmarks, build prompts, score every model on Ray, write results."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from med42_ray.benchmarks import BENCHMARKS, BenchmarkItem, load_benchmarks
+from med42_ray.config import RunConfig, resolve_path
+from med42_ray.eval import results as res
+from med42_ray.eval.config import EvalModel
+from med42_ray.eval.prompts import Request, build_request
+from med42_ray.eval.runner import Event, ModelJob, RunnerSettings, run_jobs
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_DESCRIPTIONS = {
+    "harness": "lm-evaluation-harness 0.4.x zero-shot templates; log-likelihood of ' ' + choice",
+    "med42_chat": "question and lettered options inside Med42's chat template; log-likelihood of the letter",
+    "full_text": "lm-eval prompt; log-likelihood of ' ' + the full answer text (Med42-v2 style)",
+}
+
+
+def default_model_name(path: str, adapter: str | None) -> str:
+    base = Path(path.rstrip("/")).name or path
+    return f"{base}+{Path(adapter.rstrip('/')).name}" if adapter else base
+
+
+def select_items(benches: dict[str, list[BenchmarkItem]], limit: int | None):
+    """Items to score per benchmark and the number excluded because they need an image."""
+    scored, excluded = {}, {}
+    for name, items in benches.items():
+        keep = [it for it in items if not it.needs_image]
+        excluded[name] = len(items) - len(keep)
+        scored[name] = keep[:limit] if limit else keep
+    return scored, excluded
+
+
+class Progress:
+    """One bar per benchmark: questions done (over all models). Without bars (logs, CI), one line
+    every `every` seconds."""
+
+    def __init__(self, totals: dict[str, int], enabled: bool, every: float = 30.0):
+        self.bars, self.totals, self.done = {}, totals, collections.Counter()
+        self.every, self.last = every, time.monotonic()
+        if enabled:
+            from tqdm.auto import tqdm
+
+            for pos, (name, total) in enumerate(totals.items()):
+                self.bars[name] = tqdm(total=total, desc=f"{name:<28}", unit="q", position=pos, leave=True)
+
+    def update(self, counts: collections.Counter) -> None:
+        self.done.update(counts)
+        for name, n in counts.items():
+            if name in self.bars:
+                self.bars[name].update(n)
+        if not self.bars and time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            print("questions done: " + ", ".join(f"{n} {self.done[n]}/{t}" for n, t in self.totals.items()),
+                  flush=True)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def run_evaluate(cfg: RunConfig, adapter: str | None = None,
+                 on_event: Callable[[Event], None] | None = None) -> dict:
+    from med42_ray.cluster import connect
+
+    ecfg = cfg.evaluate
+    root = resolve_path(ecfg.benchmarks_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"benchmarks directory not found: {root}")
+    out_dir = Path(ecfg.output_dir) if ecfg.output_dir else Path(cfg.run_dir) / "eval"
+    benches = load_benchmarks(root, ecfg.benchmarks)
+    for name in ecfg.benchmarks or BENCHMARKS:
+        if name not in benches:
+            print(f"skipped {name}: its files are not under {root}", flush=True)
+    if not benches:
+        raise FileNotFoundError(f"no benchmark found under {root}")
+    items, excluded = select_items(benches, ecfg.limit)
+    models = ecfg.models or [EvalModel(name=default_model_name(cfg.model, adapter), path=cfg.model, adapter=adapter)]
+
+    # requests, each computed once per model: equal (prompt, continuations) share a key
+    requests: dict[str, list[tuple[BenchmarkItem, Request]]] = {}
+    unique: dict[str, Request] = {}
+    per_key_counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for name, its in items.items():
+        requests[name] = [(it, build_request(it, ecfg.protocol)) for it in its]
+        for _, r in requests[name]:
+            unique.setdefault(r.key, r)
+            per_key_counts[r.key][name] += 1
+    n_questions = sum(len(v) for v in items.values())
+    print(f"evaluating {len(models)} model(s) on {len(items)} benchmark(s): {n_questions} questions "
+          f"({len(unique)} distinct prompts), {sum(excluded.values())} excluded (need an image); "
+          f"protocol {ecfg.protocol}", flush=True)
+
+    connect(cfg.ray)
+    progress = Progress({n: len(v) * len(models) for n, v in items.items()}, ecfg.progress)
+
+    def event(ev: Event) -> None:
+        if not ev.retried:
+            counts = collections.Counter()
+            for r in ev.task.requests:
+                counts.update(per_key_counts[r.key])
+            progress.update(counts)
+        if on_event:
+            on_event(ev)
+
+    settings = RunnerSettings(num_actors=ecfg.num_actors, cpus_per_actor=ecfg.cpus_per_actor,
+                              gpus_per_actor=ecfg.gpus_per_actor, dtype=ecfg.dtype,
+                              questions_per_task=ecfg.questions_per_task, max_batch_tokens=ecfg.max_batch_tokens,
+                              max_length=ecfg.max_length, max_task_retries=ecfg.max_task_retries)
+    jobs = [ModelJob(m.name, m.path, m.adapter, list(unique.values())) for m in models]
+    start = time.perf_counter()
+    try:
+        scored = run_jobs(jobs, settings, on_event=event)
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - start
+
+    summary = {"protocol": ecfg.protocol, "protocol_description": PROTOCOL_DESCRIPTIONS[ecfg.protocol],
+               "benchmarks_dir": str(root), "limit": ecfg.limit, "seconds": round(seconds, 2),
+               "questions": n_questions, "distinct_prompts": len(unique),
+               "questions_per_second": round(len(models) * n_questions / seconds, 2) if seconds else None,
+               "skipped_benchmarks": [n for n in (ecfg.benchmarks or BENCHMARKS) if n not in benches],
+               "notes": res.NOTES, "models": {}}
+    if "usmle_self_assessment" in benches:
+        from med42_ray.benchmarks import usmle
+
+        summary["usmle_crosscheck"] = usmle.crosscheck(root)
+    for m in models:
+        model_dir = out_dir / m.name
+        per_benchmark, samples = {}, {}
+        for name, pairs in requests.items():
+            rows = [res.sample_row(it, r, scored[m.name][r.key]) for it, r in pairs]
+            res.write_jsonl(model_dir / "samples" / f"{name}.jsonl", rows)
+            samples[name] = rows
+            per_benchmark[name] = res.benchmark_metrics(rows, excluded[name], BENCHMARKS[name].size)
+        model_result = {"model": m.path, "adapter": m.adapter, "protocol": ecfg.protocol,
+                        "benchmarks": per_benchmark, "aggregates": res.aggregate(per_benchmark, samples)}
+        res.write_json(model_dir / "results.json", model_result)
+        summary["models"][m.name] = model_result
+    res.write_json(out_dir / "results.json", summary)
+
+    table_models = dict(summary["models"])
+    for path in ecfg.compare_with:
+        earlier = json.loads(Path(path).read_text())
+        for name, m in earlier.get("models", {}).items():
+            table_models.setdefault(name if name not in table_models else f"{name} ({Path(path).parent.name})", m)
+    (out_dir / "comparison.md").write_text(res.comparison_markdown(table_models, ecfg.protocol))
+    res.comparison_chart(table_models, out_dir / "comparison.png")
+    print(f"wrote {out_dir}/results.json, comparison.md, comparison.png and per-model samples/ "
+          f"({seconds:.1f} s, {summary['questions_per_second']} questions/s)", flush=True)
+    return summary

@@ -1,0 +1,54 @@
+"""The scoring actor: one model (base, full fine-tune, or base + LoRA adapter) on one GPU or CPU slot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from med42_ray.eval.prompts import Request
+from med42_ray.eval.scoring import Scorer, Scored
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(path: str, adapter: str | None = None, dtype: str = "auto", device: str | None = None):
+    """Tokenizer and model in eval mode. A LoRA adapter is applied with peft, not merged (so the
+    base weights stay shared and the adapter's numbers are exactly what training produced)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from med42_ray.model import resolve_model
+
+    path = resolve_model(path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    # an adapter directory may carry its own tokenizer (e.g. added tokens); prefer it when present
+    tok_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else path
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.to(device).eval()
+    return tokenizer, model
+
+
+class ScoringActor:
+    """Loads its model once and scores tasks (lists of Requests) sent by the runner."""
+
+    def __init__(self, path: str, adapter: str | None, dtype: str, max_batch_tokens: int,
+                 max_length: int | None, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)  # one actor per CPU slot: do not oversubscribe
+        tokenizer, model = load_model(path, adapter, dtype)
+        self.scorer = Scorer(model, tokenizer, max_length=max_length, max_batch_tokens=max_batch_tokens)
+
+    def ready(self) -> dict:
+        return {"pid": os.getpid(), "device": str(self.scorer.device), "max_length": self.scorer.max_length}
+
+    def score(self, task_id: int, requests: Sequence[Request]) -> tuple[int, list[Scored]]:
+        return task_id, self.scorer.score(requests)

@@ -1,0 +1,114 @@
+"""The only place the two strategies differ: how the model is built and wrapped for DeepSpeed.
+
+full: every parameter trains, ZeRO-3 by default; the model is created inside DeepSpeed's
+      `zero.Init` (via transformers' HfDeepSpeedConfig), so each worker only ever holds its own
+      partition of the weights: a 70B model is never materialised whole on one worker.
+lora: the base model is frozen and peft adds rank-r adapters to every linear projection;
+      ZeRO-2 by default (set zero_stage 3 for a base that does not fit one GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from med42_ray.train.config import TrainConfig
+
+
+@dataclass
+class BuiltModel:
+    model: torch.nn.Module
+    # transformers only builds under zero.Init while this object is alive; keep it with the model.
+    zero3_context: Any = None
+
+
+def model_dtype(cfg: TrainConfig, use_gpu: bool) -> torch.dtype:
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and use_gpu):
+        return torch.bfloat16
+    return torch.float32
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int, use_gpu: bool) -> dict:
+    """The DeepSpeed config for this run. Optimizer and schedule are ours (see loop.py) unless the
+    optimizer is offloaded, where DeepSpeed's CPU Adam is the only sensible choice."""
+    stage = cfg.resolved_zero_stage()
+    zero: dict[str, Any] = {
+        "stage": stage,
+        "contiguous_gradients": True,
+        "overlap_comm": use_gpu,
+    }
+    if stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu}
+    if cfg.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": use_gpu}
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.micro_batch_size * cfg.grad_accum * world_size,
+        "gradient_clipping": cfg.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": model_dtype(cfg, use_gpu) == torch.bfloat16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.offload_optimizer:
+        ds["optimizer"] = {"type": "AdamW", "params": {
+            "lr": cfg.resolved_lr(), "betas": list(cfg.adam_betas), "eps": cfg.adam_eps,
+            "weight_decay": cfg.weight_decay}}
+    return ds
+
+
+def build_model(cfg: TrainConfig, model_path: str, ds_config: dict, use_gpu: bool) -> BuiltModel:
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    # Must exist before from_pretrained: it is how transformers knows to build under zero.Init.
+    zero3 = HfDeepSpeedConfig(ds_config) if cfg.resolved_zero_stage() == 3 else None
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        dtype=model_dtype(cfg, use_gpu),
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+        use_safetensors=True,  # never unpickle weights
+    )
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        # Non-reentrant: correct with frozen inputs (LoRA) and with ZeRO-3's parameter hooks.
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.strategy == "lora":
+        model = _wrap_lora(cfg, model)
+    return BuiltModel(model, zero3)
+
+
+def _wrap_lora(cfg: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on matrices, none on norms and biases (1-D tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            # ZeRO-3 partitions hold a 1-element placeholder; ds_shape is the real shape.
+            shape = getattr(p, "ds_shape", p.shape)
+            (decay if len(shape) >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts, correct under ZeRO-3 partitioning."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = getattr(p, "ds_numel", p.numel())
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total

@@ -1,0 +1,177 @@
+"""Assemble and run the Ray Train TorchTrainer for `med42-ray train`.
+
+The driver only reads Parquet metadata (row counts) to size the schedule; rows stream to the
+workers through Ray Data, each worker reading its own order-preserving shard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pyarrow.parquet as pq
+
+from med42_ray.config import ConfigError, RunConfig, resolve_path
+from med42_ray.train.config import TrainConfig
+from med42_ray.train.metrics import read_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics_path: Path
+    metrics: list[dict]
+    checkpoint_path: str | None
+    exported: dict[str, Path]
+
+
+def data_dir_for(cfg: RunConfig) -> Path:
+    t = cfg.train
+    if t.data_dir:
+        return resolve_path(t.data_dir)
+    if cfg.prepare.output_dir:
+        return resolve_path(cfg.prepare.output_dir)
+    return Path(cfg.run_dir) / "prepared"
+
+
+def output_dir_for(cfg: RunConfig) -> Path:
+    return (resolve_path(cfg.train.output_dir) if cfg.train.output_dir else Path(cfg.run_dir) / "train").resolve()
+
+
+def storage_path_for(cfg: RunConfig) -> str:
+    path = cfg.train.storage_path
+    if path and "://" in path:
+        return path  # s3:// gs:// ...: Ray resolves it with pyarrow.fs
+    return str((Path(path) if path else Path(cfg.run_dir) / "ray_results").expanduser().resolve())
+
+
+def read_manifest(data_dir: Path) -> tuple[dict, list[str]]:
+    manifest_path = data_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise ConfigError(f"no prepared data at {data_dir}: {manifest_path.name} not found "
+                          "(run `med42-ray prepare` first, or set train.data_dir)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{manifest_path}: not valid JSON ({e})") from e
+    if "seq_len" not in manifest:
+        raise ConfigError(f"{manifest_path}: field 'seq_len' is missing")
+    listed = manifest.get("shards")
+    if isinstance(listed, list) and listed:
+        shards = [str(data_dir / name) for name in listed]
+        missing = [s for s in shards if not Path(s).is_file()]
+        if missing:
+            raise ConfigError(f"{manifest_path}: lists shards that do not exist: {', '.join(missing[:3])}")
+    else:
+        shards = sorted(str(p) for p in (data_dir / "shards").glob("*.parquet"))
+    if not shards:
+        raise ConfigError(f"{data_dir / 'shards'}: no .parquet shards")
+    return manifest, shards
+
+
+def job_plan(tcfg: TrainConfig, num_rows: int, world: int) -> dict:
+    """Steps per epoch and in total, identical on every worker (equal shards drop the remainder)."""
+    rows_per_worker = num_rows // world
+    micro_per_epoch = rows_per_worker // tcfg.micro_batch_size
+    steps_per_epoch = micro_per_epoch // tcfg.grad_accum
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"not enough data for one optimizer step: {num_rows} packed rows over {world} workers "
+            f"with micro_batch_size {tcfg.micro_batch_size} x grad_accum {tcfg.grad_accum}")
+    epochs = tcfg.resolved_epochs()
+    total = epochs * steps_per_epoch
+    if tcfg.max_steps is not None:
+        total = min(total, tcfg.max_steps)
+    return {"micro_per_epoch": micro_per_epoch, "steps_per_epoch": steps_per_epoch,
+            "epochs": epochs, "total_steps": total}
+
+
+def cpus_per_worker(tcfg: TrainConfig, cluster_cpus: float) -> float:
+    """Workers must leave CPU for Ray Data's read tasks, or the data never arrives and the
+    workers wait forever: on a 2-core machine two 1-CPU workers would starve the reads."""
+    s = tcfg.scaling
+    if s.cpus_per_worker is not None:
+        return s.cpus_per_worker
+    if s.use_gpu:
+        return 1.0
+    spare = (cluster_cpus - 1) / s.num_workers
+    if spare <= 0:
+        raise ConfigError(f"the Ray cluster has {cluster_cpus:g} CPUs: not enough for {s.num_workers} "
+                          "training workers plus data loading; lower train.scaling.num_workers")
+    return min(1.0, round(spare, 2))
+
+
+def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None) -> TrainResult:
+    """Train cfg.model on the prepared data with cfg.train; returns paths and the per-step metrics.
+
+    `step_hook(step=, rank=)` runs on every worker after each optimizer step (tests use it to kill
+    a worker); it must be picklable.
+    """
+    import ray
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from med42_ray.cluster import connect
+    from med42_ray.model import resolve_model
+    from med42_ray.train.loop import train_loop_per_worker
+
+    tcfg = cfg.train
+    data_dir = data_dir_for(cfg)
+    manifest, shards = read_manifest(data_dir)
+    out_dir = output_dir_for(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolve_model(cfg.model)  # fail fast here, and build the tiny model once for local workers
+    connect(cfg.ray)
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # per-step metrics are the progress report
+    dataset = ray.data.read_parquet(shards).select_columns(["input_ids", "labels", "position_ids"])
+    world = tcfg.scaling.num_workers
+    num_rows = sum(pq.read_metadata(s).num_rows for s in shards)  # footers only
+    plan = job_plan(tcfg, num_rows, world)
+    job = {**plan, "model": cfg.model, "seed": cfg.seed, "seq_len": int(manifest["seq_len"]), "pad_id": 0,
+           "output_dir": str(out_dir), "metrics_path": str(out_dir / "metrics.jsonl")}
+    log.info("training %s (%s) on %s: %s", cfg.model, tcfg.strategy, data_dir, plan)
+
+    resources = {"CPU": cpus_per_worker(tcfg, ray.cluster_resources().get("CPU", 0)),
+                 **(tcfg.scaling.resources_per_worker or {})}
+    if tcfg.scaling.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": tcfg.model_dump(), "job": job, "step_hook": step_hook},
+        scaling_config=ScalingConfig(num_workers=world, use_gpu=tcfg.scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RayRunConfig(
+            name=tcfg.run_name,
+            storage_path=storage_path_for(cfg),
+            failure_config=FailureConfig(max_failures=tcfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints),
+        ),
+        datasets={"train": dataset},
+        # Order-preserving split: each worker gets the same rows in the same order on every
+        # (re)start, which is what lets a resumed run repeat the uninterrupted one exactly.
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True),
+                                  enable_shard_locality=False),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    metrics_path = out_dir / "metrics.jsonl"
+    exported = {}
+    if tcfg.export:
+        names = ["model"] if tcfg.strategy == "full" else ["adapter", "merged"]
+        exported = {n: out_dir / n for n in names if (out_dir / n).is_dir()}
+    return TrainResult(
+        output_dir=out_dir,
+        metrics_path=metrics_path,
+        metrics=read_metrics(metrics_path) if metrics_path.is_file() else [],
+        checkpoint_path=result.checkpoint.path if result.checkpoint is not None else None,
+        exported=exported,
+    )
