@@ -36,6 +36,7 @@ from typing import Iterator
 
 from med42_ray.benchmarks.images import usmle_needs_image
 from med42_ray.benchmarks.item import BenchmarkFormatError, BenchmarkItem
+from med42_ray.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +71,6 @@ def _clean(lines: list[str]) -> str:
 
 
 PARSER_VERSION = 2  # bump when parsing changes: invalidates the on-disk cache
-
-
-def cache_root() -> Path:
-    """Same cache as the embedded model: $MED42_RAY_CACHE, else $XDG_CACHE_HOME/med42_ray."""
-    explicit = os.environ.get("MED42_RAY_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "med42_ray"
 
 
 def pdf_lines(path: Path, mode: str, last_pages: int | None = None) -> list[str]:

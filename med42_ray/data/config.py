@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from med42_ray.strict_model import StrictModel
+from med42_ray.strict_model import StrictModel, require_unique
 
 # Med42 (v1) model card: "<|system|>: {system}\n<|prompter|>:{prompt}\n<|assistant|>:".
 MED42_SYSTEM_PROMPT = "You are a helpful medical assistant created by M42 Health in the UAE."
@@ -46,8 +46,5 @@ class PrepareConfig(StrictModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "PrepareConfig":
-        names = [s.name for s in self.sources]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        require_unique([s.name for s in self.sources], "source")
         return self

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from med42_ray.strict_model import StrictModel
+from med42_ray.strict_model import StrictModel, require_unique
 
 PROTOCOLS = ("harness", "med42_chat", "full_text")
 
@@ -55,8 +55,5 @@ class EvalConfig(StrictModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> "EvalConfig":
-        names = [m.name for m in self.models]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+        require_unique([m.name for m in self.models], "model")
         return self

@@ -23,6 +23,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from med42_ray.cache import cache_root
+
 TINY_LLAMA = "tiny-llama"
 # The tokenizer learns from the sample *training* mixture only, not the sample benchmark.
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample" / "data" / "train"
@@ -73,14 +75,6 @@ def resolve_model(name_or_path: str) -> str:
     if name_or_path == TINY_LLAMA:
         return str(build_tiny_llama())
     return name_or_path
-
-
-def cache_root() -> Path:
-    explicit = os.environ.get("MED42_RAY_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "med42_ray"
 
 
 def build_tiny_llama(sample_dir: Path = SAMPLE_DIR, root: Path | None = None) -> Path:

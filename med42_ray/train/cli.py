@@ -80,7 +80,7 @@ def register(sub) -> None:
     q.add_argument("--strategy", choices=["full", "lora"], default=None, help="overrides train.strategy")
     q.add_argument("--gpus", type=int, default=8, help="GPUs in the job")
     q.add_argument("--gpus-per-node", type=int, default=8)
-    q.add_argument("--tokens", type=int, default=0, help="tokens to train on (all epochs), for wall time")
+    q.add_argument("--tokens", type=lambda v: int(float(v)), default=0, help="tokens to train on (all epochs), for wall time")
     q.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
     q.add_argument("--peak-tflops", type=float, default=989.0, help="peak bf16 TFLOP/s per GPU (H100 SXM: 989)")
     q.add_argument("--seq-len", type=int, default=4096)
