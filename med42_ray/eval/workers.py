@@ -28,11 +28,12 @@ def load_model(path: str, adapter: str | None = None, dtype: str = "auto", devic
     # an adapter directory may carry its own tokenizer (e.g. added tokens); prefer it when present
     tok_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else path
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    # safetensors only: a pickled checkpoint can run code when loaded
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True)
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        model = PeftModel.from_pretrained(model, adapter, use_safetensors=True)
     model.to(device).eval()
     return tokenizer, model
 
