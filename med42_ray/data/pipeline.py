@@ -131,9 +131,11 @@ def run_prepare(cfg: RunConfig) -> dict:
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # Duplicates are found per bucket of conversation hashes: map_groups costs a Python call per
     # group, so one group per distinct conversation would dominate the run. ~4 MB of input per
-    # bucket keeps groups big on small inputs and bounded on large ones.
-    buckets = int(min(4096, max(1, plan.input_bytes // (4 << 20))))
-    partitions = int(min(buckets, max(1, ray.cluster_resources().get("CPU", 1))))
+    # bucket keeps groups bounded on large inputs; at least two buckets per CPU keep every CPU
+    # busy in the steps after the shuffle, which run in the shuffle's output partitions.
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    buckets = int(min(4096, max(2 * cpus, plan.input_bytes // (4 << 20))))
+    partitions = min(buckets, cpus)
     ds = ds.map_batches(steps.read_task, batch_size=1, fn_kwargs={"dedup_buckets": buckets})
     ds = ds.groupby("dedup_bucket", num_partitions=partitions).map_groups(steps.mark_duplicates, batch_format="pyarrow",
                                              fn_kwargs={"source_rank": source_rank})
