@@ -34,6 +34,14 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray cluster")
 
 
+def add_command(sub, name: str, func, help: str, description: str) -> argparse.ArgumentParser:
+    """A sub-command with the shared options; the caller adds its own."""
+    p = sub.add_parser(name, help=help, description=description)
+    add_common(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def load_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> RunConfig:
     """The run config named by --config, with --set overrides and the shortcut flags applied."""
     overrides = list(args.overrides) + list(extra or [])

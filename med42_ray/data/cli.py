@@ -15,10 +15,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from med42_ray.cli import add_common
+    from med42_ray.cli import add_command
 
-    p = sub.add_parser(
-        "prepare",
+    add_command(
+        sub, "prepare", cmd_prepare,
         help="build the decontaminated, tokenised, packed training mixture (Ray Data)",
         description=(
             "Read every source of the mixture, normalise it to one chat schema, drop rows that "
@@ -28,5 +28,3 @@ def register(sub) -> None:
             "the embedded sample mixture offline."
         ),
     )
-    add_common(p)
-    p.set_defaults(func=cmd_prepare)

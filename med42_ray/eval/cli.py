@@ -45,10 +45,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from med42_ray.cli import add_common
+    from med42_ray.cli import add_command
 
-    p = sub.add_parser(
-        "evaluate",
+    p = add_command(
+        sub, "evaluate", cmd_evaluate,
         help="zero-shot medical benchmarks (lm-evaluation-harness protocol) on a pool of Ray actors",
         description=(
             "Score MedQA, MedMCQA, PubMedQA, the six clinical MMLU subjects, HEAD-QA and the USMLE "
@@ -58,7 +58,6 @@ def register(sub) -> None:
             "options it evaluates the embedded tiny model on the embedded sample benchmarks."
         ),
     )
-    add_common(p)
     p.add_argument("--adapter", default=None, help="LoRA adapter directory for --model (peft, not merged)")
     p.add_argument("--benchmarks-dir", default=None,
                    help="root laid out like shared/data/raw (default: the embedded sample)")
@@ -72,4 +71,3 @@ def register(sub) -> None:
                    help="another model to evaluate in the same run (repeatable)")
     p.add_argument("--compare-with", action="append", default=[], metavar="RESULTS_JSON",
                    help="earlier results.json to include in the comparison table (repeatable)")
-    p.set_defaults(func=cmd_evaluate)

@@ -47,10 +47,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from med42_ray.cli import add_common
+    from med42_ray.cli import add_command
 
-    p = sub.add_parser(
-        "train",
+    p = add_command(
+        sub, "train", cmd_train,
         help="fine-tune the model on prepared data: full-parameter (DeepSpeed ZeRO) or LoRA, on Ray Train",
         description=(
             "Train on the Parquet shards written by `prepare`, with Ray Train workers running DeepSpeed. "
@@ -59,16 +59,14 @@ def register(sub) -> None:
             "lora: adapter/ and merged/). With no --model it trains the embedded tiny Llama on CPU."
         ),
     )
-    add_common(p)
     p.add_argument("--strategy", choices=["full", "lora"], default=None, help="overrides train.strategy")
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (train.scaling.num_workers)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (train.scaling.use_gpu)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
     p.add_argument("--data-dir", default=None, help="prepared data (default: <run_dir>/prepared)")
-    p.set_defaults(func=cmd_train)
 
-    q = sub.add_parser(
-        "plan",
+    q = add_command(
+        sub, "plan", cmd_plan,
         help="parameters, memory per GPU per ZeRO stage, and training time for a model and strategy",
         description=(
             "Build the model on the meta device (presets llama-2-7b/13b/70b need no download), count "
@@ -76,7 +74,6 @@ def register(sub) -> None:
             "and offload choice (beside DeepSpeed's own estimators), and tokens/s and wall time."
         ),
     )
-    add_common(q)
     q.add_argument("--strategy", choices=["full", "lora"], default=None, help="overrides train.strategy")
     q.add_argument("--gpus", type=int, default=8, help="GPUs in the job")
     q.add_argument("--gpus-per-node", type=int, default=8)
@@ -85,4 +82,3 @@ def register(sub) -> None:
     q.add_argument("--peak-tflops", type=float, default=989.0, help="peak bf16 TFLOP/s per GPU (H100 SXM: 989)")
     q.add_argument("--seq-len", type=int, default=4096)
     q.add_argument("--json", action="store_true", help="print the plan as JSON")
-    q.set_defaults(func=cmd_plan)
