@@ -58,6 +58,14 @@ def _word_ids(vocab: dict[str, int], words: Sequence[str]) -> np.ndarray:
     return np.fromiter(map(vocab.get, words, repeat(0)), dtype=np.uint64, count=len(words))
 
 
+def _presence_table(key_arrays: list[np.ndarray], bits: int) -> np.ndarray:
+    """table[h & (2**bits - 1)] is True for every key h: most non-keys miss it."""
+    table = np.zeros(1 << bits, dtype=bool)
+    for keys in key_arrays:
+        table[keys & np.uint64((1 << bits) - 1)] = True
+    return table
+
+
 def _gram_hashes(word_ids: np.ndarray, n: int) -> np.ndarray:
     """Hash of every n-word window (len(words) - n + 1 of them)."""
     count = len(word_ids) - n + 1
@@ -106,7 +114,7 @@ class ContaminationIndex:
     short_by_len: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     # (item index, question words, informative option word sequences) per short item.
     short_items: list[tuple[int, tuple[str, ...], list[tuple[str, ...]]]] = field(default_factory=list)
-    short_filter: np.ndarray | None = field(default=None, repr=False)  # presence table, all lengths
+    short_filter: np.ndarray = field(default_factory=lambda: _presence_table([], 1), repr=False)  # all lengths
     stats: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -160,12 +168,9 @@ class ContaminationIndex:
         keys_arr = np.array(keys, dtype=np.uint64)
         order = np.argsort(keys_arr, kind="stable")
 
-        gram_filter = np.zeros(1 << _FILTER_BITS, dtype=bool)
-        gram_filter[keys_arr & np.uint64((1 << _FILTER_BITS) - 1)] = True
+        gram_filter = _presence_table([keys_arr], _FILTER_BITS)
         short_items, short_by_len = cls._build_short(items, n, vocab)
-        short_filter = np.zeros(1 << (_FILTER_BITS - 3), dtype=bool)
-        for short_keys, _ in short_by_len.values():
-            short_filter[short_keys & np.uint64(len(short_filter) - 1)] = True
+        short_filter = _presence_table([k for k, _ in short_by_len.values()], _FILTER_BITS - 3)
         index = cls(n=n, min_coverage=min_coverage, gram_hashes=keys_arr[order],
                     gram_owner=np.array(owners, dtype=np.int64)[order],
                     gram_offset=np.array(offsets, dtype=np.int32)[order], parts=parts, part_text=part_text,
@@ -226,14 +231,13 @@ class ContaminationIndex:
         return results
 
     @staticmethod
-    def _hits(all_hashes, row_ends, row_of, k, sorted_keys, presence=None):
+    def _hits(all_hashes, row_ends, row_of, k, sorted_keys, presence):
         """(position, first key index) of every k-gram inside one row whose hash is a key.
         `presence`, a table indexed by the hash's low bits, rules most grams out first."""
         grams = _gram_hashes(all_hashes, k)
         if len(grams) == 0 or len(sorted_keys) == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        maybe = (np.nonzero(presence[grams & np.uint64(len(presence) - 1)])[0] if presence is not None
-                 else np.arange(len(grams)))
+        maybe = np.nonzero(presence[grams & np.uint64(len(presence) - 1)])[0]
         pos = np.searchsorted(sorted_keys, grams[maybe])
         pos[pos == len(sorted_keys)] = 0
         found = sorted_keys[pos] == grams[maybe]

@@ -137,8 +137,8 @@ def run_prepare(cfg: RunConfig) -> dict:
     buckets = int(min(4096, max(2 * cpus, plan.input_bytes // (4 << 20))))
     partitions = min(buckets, cpus)
     ds = ds.map_batches(steps.read_task, batch_size=1, fn_kwargs={"dedup_buckets": buckets})
-    ds = ds.groupby("dedup_bucket", num_partitions=partitions).map_groups(steps.mark_duplicates, batch_format="pyarrow",
-                                             fn_kwargs={"source_rank": source_rank})
+    ds = ds.groupby("dedup_bucket", num_partitions=partitions).map_groups(
+        steps.mark_duplicates, batch_format="pyarrow", fn_kwargs={"source_rank": source_rank})
     ds = ds.map_batches(steps.decontaminate, batch_format="pyarrow", fn_kwargs={"index_ref": index_ref})
     ds = ds.map_batches(steps.sample, batch_format="pyarrow", fn_kwargs={"weights": weights, "seed": cfg.seed})
     ds = ds.map_batches(steps.tokenise, batch_format="pyarrow", fn_kwargs={

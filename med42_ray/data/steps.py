@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zlib
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -79,7 +80,7 @@ def read_task(batch: dict[str, Any], dedup_buckets: int, rows_per_batch: int = 1
                            dedup_key=f"rejected:{r['id']}")  # unique: rejects are never "duplicates"
             else:
                 row["dedup_key"] = _conversation_key(r["messages"])
-            row["dedup_bucket"] = int(row["dedup_key"][-8:], 16) % dedup_buckets if not r["reject"] else 0
+            row["dedup_bucket"] = zlib.crc32(row["dedup_key"].encode()) % dedup_buckets
             out.append(row)
             if len(out) >= rows_per_batch:
                 yield _table(out)
