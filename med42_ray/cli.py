@@ -17,6 +17,9 @@ COMMAND_MODULES = [
     "med42_ray.data.cli",
     "med42_ray.train.cli",
     "med42_ray.eval.cli",
+    "med42_ray.sweep.cli",
+    "med42_ray.report.cli",
+    "med42_ray.pipeline.cli",
 ]
 
 

@@ -7,15 +7,20 @@ its own package (`med42_ray/data/config.py`, ...); this module only composes and
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from med42_ray.data.config import PrepareConfig
 from med42_ray.eval.config import EvalConfig
+from med42_ray.merge import deep_merge
+from med42_ray.pipeline.config import PipelineConfig, merged_train_config
 from med42_ray.strict_model import StrictModel
+from med42_ray.sweep.config import SweepConfig
 from med42_ray.train.config import TrainConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -38,6 +43,23 @@ class RunConfig(StrictModel):
     prepare: PrepareConfig = PrepareConfig()
     evaluate: EvalConfig = EvalConfig()
     train: TrainConfig = TrainConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    sweep: SweepConfig = SweepConfig()
+
+    @model_validator(mode="after")
+    def _pipeline_train_configs_valid(self) -> "RunConfig":
+        # Fail at load, not an hour into the pipeline when the LoRA stage starts.
+        sections = {"full": self.pipeline.full, "lora": self.pipeline.lora}
+        if self.pipeline.pretrain is not None:
+            sections["pretrain.train"] = self.pipeline.pretrain.train
+        for name, overrides in sections.items():
+            strategy = {"pretrain.train": "full"}.get(name, name)
+            try:
+                merged_train_config(self.train, overrides, strategy=strategy)
+            except ValidationError as e:
+                problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+                raise ValueError(f"pipeline.{name} does not make a valid train config: {problems}") from None
+        return self
 
 
 class ConfigError(ValueError):
@@ -72,7 +94,9 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     lines = [f"invalid configuration in {origin}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if not key:  # a whole-config rule: its message already names the keys
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  unknown key {key!r}")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
@@ -82,28 +106,65 @@ def _format_errors(err: ValidationError, origin: str) -> str:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML run config (the packaged default when `path` is None) and apply overrides.
 
-    Relative paths inside the file stay relative to the working directory the user runs from,
-    like every other CLI; the packaged configs use `pkg://` for files shipped in the package.
+    A file may start from another with `extends: <file>` (relative to itself, or `pkg://configs/...`)
+    and change only what differs. String values may use `${VAR}` or `${VAR:-default}`, so one file
+    serves a laptop and a cluster whose data lives elsewhere. Relative paths inside the file stay
+    relative to the working directory the user runs from, like every other CLI.
     """
     cfg_path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not cfg_path.is_file():
-        raise ConfigError(f"config file not found: {cfg_path}")
-    try:
-        tree = yaml.safe_load(cfg_path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config {cfg_path}: {e}") from e
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{cfg_path}: the top level must be a mapping of sections")
+    tree = _read_tree(cfg_path, ())
     origin = str(cfg_path)
     for text in overrides or []:
         key, value = parse_override(text)
         _set_path(tree, key, value, f"override {text!r}")
     if overrides:
         origin += f" (with overrides {' '.join(overrides)})"
+    tree = _expand_env(tree, origin, "")
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, origin)) from None
+
+
+def _read_tree(cfg_path: Path, chain: tuple[Path, ...]) -> dict:
+    if not cfg_path.is_file():
+        where = f" (extended by {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file not found: {cfg_path}{where}")
+    if cfg_path.resolve() in chain:
+        raise ConfigError(f"{cfg_path}: `extends` loops back to itself")
+    try:
+        tree = yaml.safe_load(cfg_path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config {cfg_path}: {e}") from e
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{cfg_path}: the top level must be a mapping of sections")
+    base = tree.pop("extends", None)
+    if base is None:
+        return tree
+    base_path = resolve_path(base) if str(base).startswith("pkg://") else cfg_path.parent / str(base)
+    return deep_merge(_read_tree(base_path, (*chain, cfg_path.resolve())), tree)
+
+
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(node: Any, origin: str, key: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _expand_env(v, origin, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, origin, f"{key}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def value(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"{origin}: {key} uses ${{{name}}}, which is not set (or write ${{{name}:-default}})")
+        return default
+
+    return _ENV_VAR.sub(value, node)
 
 
 def resolve_path(value: str) -> Path:

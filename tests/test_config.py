@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from med42_ray.cli import main
-from med42_ray.config import ConfigError, load_config
+from med42_ray.config import PACKAGE_DIR, ConfigError, load_config
 
 
 def test_packaged_default_loads():
@@ -60,3 +60,39 @@ def test_missing_source_file_fails_before_ray_starts(tmp_path, capsys):
     assert main(["prepare", "--config", str(cfg)]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
     assert ray.is_initialized() == was_running
+
+
+def test_extends_merges_sections_and_env_vars_expand(tmp_path, monkeypatch):
+    base = tmp_path / "base.yaml"
+    base.write_text("run_dir: ${RUNS:-runs}/base\nprepare: {seq_len: 1024, ngram: 8}\ntrain: {lr: 0.5}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\nprepare: {seq_len: 2048}\n")
+    cfg = load_config(child)
+    assert (cfg.run_dir, cfg.prepare.seq_len, cfg.prepare.ngram, cfg.train.lr) == ("runs/base", 2048, 8, 0.5)
+    monkeypatch.setenv("RUNS", "/mnt/shared")
+    assert load_config(child).run_dir == "/mnt/shared/base"
+    child.write_text("extends: base.yaml\nmodel: ${NO_SUCH_VAR}\n")
+    with pytest.raises(ConfigError, match=r"model uses \$\{NO_SUCH_VAR\}, which is not set"):
+        load_config(child)
+    child.write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml \(extended by .*child\.yaml\)"):
+        load_config(child)
+    base.write_text("extends: child.yaml\n")
+    child.write_text("extends: base.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(child)
+
+
+def test_paper_configs_load_with_the_papers_settings():
+    from med42_ray.pipeline.config import merged_train_config
+
+    for name, workers in (("llama-2-7b", 8), ("llama-2-70b", 32)):
+        cfg = load_config(PACKAGE_DIR / "configs" / f"{name}.yaml")
+        assert cfg.model == f"meta-llama/{name.replace('llama', 'Llama', 1)}-hf"
+        assert cfg.train.scaling.use_gpu and cfg.train.scaling.num_workers == workers
+        assert cfg.pipeline.pretrain is None and cfg.pipeline.strategies == ["full", "lora"]
+        full = merged_train_config(cfg.train, cfg.pipeline.full, strategy="full")
+        lora = merged_train_config(cfg.train, cfg.pipeline.lora, strategy="lora")
+        assert (full.resolved_epochs(), lora.resolved_epochs(), lora.lora.r) == (3, 8, 8)
+        assert len(lora.lora.target_modules) == 7  # every linear layer
+        assert cfg.prepare.benchmarks_dir == cfg.evaluate.benchmarks_dir

@@ -120,13 +120,11 @@ prepare:
         5, 1, {"malformed_json": 1, "missing_field": 1, "empty_field": 1, "non_utf8": 1})
 
 
-def test_public_raw_files(ray_cluster, raw_dir, tmp_path):
+def test_public_raw_files(ray_cluster, raw_dir, tmp_path, monkeypatch):
     """The real public mixture (MedAlpaca, Alpaca, Dolly, HEAD-QA train) against every benchmark."""
-    cfg = load_config(PACKAGE_DIR / "configs/public_raw.yaml",
-                      [f"run_dir={tmp_path}", f"prepare.benchmarks_dir={raw_dir}"])
-    # the packaged config names ../shared/data/raw; point it at raw_dir wherever the checkout is
-    for src in cfg.prepare.sources:
-        src.path = str(raw_dir / src.path.split("raw/", 1)[1])
+    monkeypatch.setenv("MED42_DATA", str(raw_dir))  # the config's paths are ${MED42_DATA:-../shared/data/raw}/...
+    cfg = load_config(PACKAGE_DIR / "configs/public_raw.yaml", [f"run_dir={tmp_path}"])
+    assert cfg.prepare.benchmarks_dir == cfg.evaluate.benchmarks_dir == str(raw_dir)
     manifest = run_prepare(cfg)
     _assert_invariant(manifest)
     s = manifest["sources"]

@@ -6,7 +6,8 @@
 """
 
 from med42_ray.benchmarks.item import BenchmarkFormatError, BenchmarkItem
-from med42_ray.benchmarks.registry import BENCHMARKS, MMLU_CLINICAL, BenchmarkSpec, load_benchmarks
+from med42_ray.benchmarks.registry import (BENCHMARKS, MMLU_CLINICAL, VALIDATION_BENCHMARKS, BenchmarkSpec,
+                                           load_benchmarks)
 
-__all__ = ["BENCHMARKS", "MMLU_CLINICAL", "BenchmarkFormatError", "BenchmarkItem", "BenchmarkSpec",
-           "load_benchmarks"]
+__all__ = ["BENCHMARKS", "MMLU_CLINICAL", "VALIDATION_BENCHMARKS", "BenchmarkFormatError", "BenchmarkItem",
+           "BenchmarkSpec", "load_benchmarks"]

@@ -18,6 +18,7 @@ from med42_ray.benchmarks.item import BenchmarkFormatError, BenchmarkItem
 LETTERS = "ABCDEFGHIJ"
 
 MEDQA_TEST = "medqa/US/4_options/phrases_no_exclude_test.jsonl"
+MEDQA_DEV = "medqa/US/4_options/phrases_no_exclude_dev.jsonl"  # validation (sweep), never reported
 MEDMCQA_DEV = "medmcqa/dev.json"
 PUBMEDQA_QUESTIONS = "pubmedqa/ori_pqal.json"
 PUBMEDQA_TEST_IDS = "pubmedqa/test_ground_truth.json"
@@ -61,9 +62,13 @@ def _json(path: Path) -> Any:
         raise BenchmarkFormatError(path, e.lineno, "<file>", f"not JSON: {e.msg}") from None
 
 
-def load_medqa(root: Path) -> Iterator[BenchmarkItem]:
-    """MedQA USMLE 4-option test (the file lm-eval's medqa_4options was built from)."""
-    path = root / MEDQA_TEST
+def load_medqa(root: Path, split: str = "test") -> Iterator[BenchmarkItem]:
+    """MedQA USMLE 4-option test (the file lm-eval's medqa_4options was built from), or its dev
+    split (`medqa_4options_dev`, ids dev-0001...), the same format."""
+    if split not in ("test", "dev"):
+        raise ValueError(f"MedQA split {split!r}: expected 'test' or 'dev'")
+    path = root / (MEDQA_TEST if split == "test" else MEDQA_DEV)
+    name = "medqa_4options" if split == "test" else "medqa_4options_dev"
     for n, row in _jsonl(path):
         options = _field(row, "options", path, n, dict)
         letters = sorted(options)
@@ -72,7 +77,7 @@ def load_medqa(root: Path) -> Iterator[BenchmarkItem]:
         answer = _field(row, "answer_idx", path, n)
         if answer not in options:
             raise BenchmarkFormatError(path, n, "answer_idx", f"{answer!r} is not an option")
-        yield BenchmarkItem("medqa_4options", f"test-{n:04d}", _field(row, "question", path, n),
+        yield BenchmarkItem(name, f"{split}-{n:04d}", _field(row, "question", path, n),
                             tuple(options[k] for k in letters), letters.index(answer),
                             meta={"step": row.get("meta_info"), "needs_image": False})
 

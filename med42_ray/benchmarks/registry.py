@@ -1,5 +1,10 @@
 """The benchmark registry: every benchmark by name, whether its files are under a root, and how to
-read it. `root` is laid out like shared/data/raw (see its SOURCES.md)."""
+read it. `root` is laid out like shared/data/raw (see its SOURCES.md).
+
+BENCHMARKS are the test sets `evaluate` reports. VALIDATION_BENCHMARKS are dev splits used for model
+selection (`med42-ray sweep`): never reported, loaded only when named or with include_validation
+(prepare decontaminates against them too, so selecting on them is not biased by leaked items).
+"""
 
 from __future__ import annotations
 
@@ -63,21 +68,33 @@ def _specs() -> Iterable[BenchmarkSpec]:
     yield BenchmarkSpec("headqa_en", "HEAD-QA English test", (formats.HEADQA_TEST,), formats.load_headqa, 2742)
 
 
+def _validation_specs() -> Iterable[BenchmarkSpec]:
+    yield BenchmarkSpec("medqa_4options_dev", "MedQA (USMLE) 4-option dev (validation: model selection)",
+                        (formats.MEDQA_DEV,), partial(formats.load_medqa, split="dev"), 1272)
+
+
 BENCHMARKS: dict[str, BenchmarkSpec] = {s.name: s for s in _specs()}
+VALIDATION_BENCHMARKS: dict[str, BenchmarkSpec] = {s.name: s for s in _validation_specs()}
 MMLU_CLINICAL = tuple(f"mmlu_{s}" for s in formats.MMLU_SUBJECTS)
 
 
-def load_benchmarks(root: Path | str, names: Iterable[str] | None = None) -> dict[str, list[BenchmarkItem]]:
+def load_benchmarks(root: Path | str, names: Iterable[str] | None = None,
+                    include_validation: bool = False) -> dict[str, list[BenchmarkItem]]:
     """Every requested benchmark whose files are under `root`, in registry order. An absent one is
-    skipped with one log line; an unknown name is an error."""
+    skipped with one log line; an unknown name is an error. `names` None means every test
+    benchmark, plus the validation ones with `include_validation`."""
     root = Path(root)
-    wanted = list(BENCHMARKS) if names is None else list(names)
-    unknown = [n for n in wanted if n not in BENCHMARKS]
+    known = {**BENCHMARKS, **VALIDATION_BENCHMARKS}
+    if names is None:
+        wanted = list(BENCHMARKS) + (list(VALIDATION_BENCHMARKS) if include_validation else [])
+    else:
+        wanted = list(names)
+    unknown = [n for n in wanted if n not in known]
     if unknown:
-        raise KeyError(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+        raise KeyError(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(known)}")
     out: dict[str, list[BenchmarkItem]] = {}
     for name in wanted:
-        spec = BENCHMARKS[name]
+        spec = known[name]
         if not spec.available(root):
             why = ", ".join(spec.missing(root)) or "its source files"
             log.warning("benchmark %s skipped: %s not found under %s", name, why, root)

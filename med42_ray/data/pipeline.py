@@ -69,7 +69,8 @@ def plan_prepare(cfg: RunConfig) -> PreparePlan:
     bench_dir = resolve_path(p.benchmarks_dir)
     if not bench_dir.is_dir():
         raise ConfigError(f"prepare.benchmarks_dir not found: {bench_dir}")
-    benchmarks = load_benchmarks(bench_dir, p.benchmarks)
+    # validation splits too (MedQA dev): the sweep selects on them, so they must not leak either
+    benchmarks = load_benchmarks(bench_dir, p.benchmarks, include_validation=True)
     if not benchmarks:
         raise ConfigError(f"no benchmark found under {bench_dir}: decontamination would check nothing")
 

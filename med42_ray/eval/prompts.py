@@ -4,6 +4,7 @@
 installed package's task YAMLs):
 
   medqa_4options  "Question: {q}\\nA. {a}\\n...D. {d}\\nAnswer:"            choices " A".." D"
+  (medqa_4options_dev, the validation split `med42-ray sweep` selects on, is prompted the same)
   medmcqa         "Question: {q}\\nChoices:\\nA. {a}\\n...D. {d}\\nAnswer:"  choices " A".." D"
   pubmedqa        "Abstract: {contexts joined by \\n}\\nQuestion: {q}\\nAnswer:"  " yes" " no" " maybe"
   mmlu_<subject>  "The following are multiple choice questions (with answers) about {subject}.\\n\\n"
@@ -70,7 +71,7 @@ def _lettered(choices) -> str:
 def harness_text(item: BenchmarkItem) -> str:
     """lm-eval's description + doc_to_text for this item's benchmark."""
     b = item.benchmark
-    if b == "medqa_4options" or b.startswith("usmle_"):
+    if b in ("medqa_4options", "medqa_4options_dev") or b.startswith("usmle_"):  # dev: the sweep's validation
         return f"Question: {item.question}\n{_lettered(item.choices)}Answer:"
     if b == "medmcqa":
         return f"Question: {item.question}\nChoices:\n{_lettered(item.choices)}Answer:"

@@ -29,12 +29,18 @@ def load_model(path: str, adapter: str | None = None, dtype: str = "auto", devic
     tok_dir = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else path
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     # safetensors only: a pickled checkpoint can run code when loaded
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True)
+    # An actor given several GPUs (evaluate.gpus_per_actor, e.g. 4 for a 70B model in bf16) splits
+    # the layers over them with accelerate's device map; otherwise the model sits on one device.
+    sharded = device.startswith("cuda") and torch.cuda.device_count() > 1
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True,
+                                                 device_map="auto" if sharded else None)
     if adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter, use_safetensors=True)
-    model.to(device).eval()
+    if not sharded:
+        model.to(device)
+    model.eval()
     return tokenizer, model
 
 

@@ -11,6 +11,7 @@ Output is deterministic (string-seeded RNGs, fixed orders): a re-run is byte-ide
 - data/benchmarks/: a held-out sample benchmark laid out exactly like shared/data/raw. Its
   questions test the same facts with other wording (`Kind.rel_b`, vignettes) and other
   distractors, so tuning on the mixture can help on it without any item leaking into training.
+  It includes a MedQA dev split (validation for `med42-ray sweep`) about other facts than the test's.
 - A few training rows deliberately repeat benchmark items (verbatim, re-cased, embedded in a
   longer prompt, options shuffled); data/PLANTED.json lists them so tests can check that
   decontamination catches exactly those.
@@ -157,6 +158,10 @@ BENCHMARKS = (
                            "genetics_inheritance", "hormone_source", "drug_adverse"), 30, "usmle", 5),
 )
 PUBMEDQA_TEST = 30
+# MedQA's dev split, the validation set `med42-ray sweep` selects hyper-parameters on: MedQA-style
+# vignettes about facts of the same kinds as the test split's, but other facts than the test items,
+# so choosing on it says nothing about the test answers. Built last, so adding it changed no other file.
+MEDQA_DEV = ("medqa_4options_dev", 36)
 
 
 def vignette(rng: random.Random, fact: Fact, ask: str) -> str:
@@ -194,19 +199,30 @@ def pubmedqa_item(rng: random.Random, fact: Fact, position: int, distractors: Di
 def build_benchmarks(distractors: Distractors) -> dict[str, list[Item]]:
     out = {}
     for name, kinds, count, style, n_options in BENCHMARKS:
-        rng = random.Random(f"benchmark:{name}")
-        candidates = [f for f in FACTS if f.kind.name in kinds]
-        chosen = rng.sample(candidates, min(count, len(candidates)))
-        items = []
-        for position, fact in enumerate(chosen, start=1):
-            if style == "pubmedqa":
-                items.append(pubmedqa_item(rng, fact, position, distractors))
-                continue
-            question = QUESTION_STYLES[style](rng, fact)
-            choices, gold = shuffled_options(rng, fact.v, distractors.benchmark(fact, n_options - 1))
-            items.append(Item(name, position, fact, question, choices, gold))
-        out[name] = items
+        out[name] = benchmark_items(name, [f for f in FACTS if f.kind.name in kinds], count, style, n_options,
+                                    distractors)
+    test = out["medqa_4options"]
+    kinds = BENCHMARKS[0][1]
+    used = {it.fact.key for it in test}
+    dev_name, dev_count = MEDQA_DEV
+    out[dev_name] = benchmark_items(dev_name, [f for f in FACTS if f.kind.name in kinds and f.key not in used],
+                                    dev_count, "medqa", len(test[0].choices), distractors)
     return out
+
+
+def benchmark_items(name: str, candidates: list[Fact], count: int, style: str, n_options: int,
+                    distractors: Distractors) -> list[Item]:
+    rng = random.Random(f"benchmark:{name}")
+    chosen = rng.sample(candidates, min(count, len(candidates)))
+    items = []
+    for position, fact in enumerate(chosen, start=1):
+        if style == "pubmedqa":
+            items.append(pubmedqa_item(rng, fact, position, distractors))
+            continue
+        question = QUESTION_STYLES[style](rng, fact)
+        choices, gold = shuffled_options(rng, fact.v, distractors.benchmark(fact, n_options - 1))
+        items.append(Item(name, position, fact, question, choices, gold))
+    return items
 
 
 # ---- training rows ------------------------------------------------------------------------------
@@ -389,6 +405,9 @@ def benchmark_files(items: dict[str, list[Item]]) -> dict[str, str]:
     files["medqa/US/4_options/phrases_no_exclude_test.jsonl"] = jsonl([
         {**mcq_line(it.question, it.choices, it.gold, meta="step1" if it.position % 2 else "step2&3"),
          "metamap_phrases": metamap_phrases(it.question)} for it in items["medqa_4options"]])
+    files["medqa/US/4_options/phrases_no_exclude_dev.jsonl"] = jsonl([
+        {**mcq_line(it.question, it.choices, it.gold, meta="step1" if it.position % 2 else "step2&3"),
+         "metamap_phrases": metamap_phrases(it.question)} for it in items[MEDQA_DEV[0]]])
     files["medmcqa/dev.json"] = jsonl([
         {"question": it.question, "exp": it.fact.stmt, "cop": it.gold + 1,
          **{k: c for k, c in zip(("opa", "opb", "opc", "opd"), it.choices)},

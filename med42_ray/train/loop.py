@@ -13,6 +13,7 @@ shuffle is seeded per (epoch, rank); resuming mid-epoch skips the micro-batches 
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from functools import partial
@@ -53,6 +54,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig.model_validate(config["train"])
     job = config["job"]  # computed on the driver: steps, paths, seq_len (see trainer.py)
     step_hook = config.get("step_hook")  # tests inject failures through this
+    # Optional held-out scoring every N steps (med42-ray sweep: its val_accuracy drives ASHA, which
+    # can also stop the run early, without export); see med42_ray/sweep/validation.py.
+    validate = config.get("validate")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     use_gpu = cfg.scaling.use_gpu
@@ -86,11 +90,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if resumed is not None:  # restores the RNG too
         with resumed.as_directory() as ckpt_dir:
             state = checkpointing.restore(engine, ckpt_dir, rank, world, lora=cfg.strategy == "lora")
+        if rank == 0:
+            print(f"[med42-ray] resumed from checkpoint {resumed.path}: step {state.step}, "
+                  f"epoch {state.epoch}", flush=True)
 
     metrics_log = MetricsLog(Path(job["metrics_path"]), state.step) if rank == 0 else None
     n_layers, d_model = engine.module.config.num_hidden_layers, engine.module.config.hidden_size
     model_flops = flops_per_token(engine.module, n_layers, d_model, job["seq_len"])
     peak = peak_flops(cfg.peak_tflops)
+    if rank == 0:  # what the report needs besides per-step metrics
+        trainable, total = strategies.trainable_parameters(engine.module)
+        _write_json(Path(job["output_dir"]) / "run_info.json", {
+            "strategy": cfg.strategy, "model": job["model"], "trainable_params": trainable,
+            "total_params": total, "world_size": world, "zero_stage": cfg.resolved_zero_stage(),
+            "seq_len": job["seq_len"], "flops_per_token": model_flops,
+            "peak_flops_per_worker": peak, "total_steps": total_steps, "epochs": job["epochs"],
+            "lr": lr, "lora": cfg.lora.model_dump() if cfg.strategy == "lora" else None})
     vocab = engine.module.config.vocab_size
     collate = PackedCollate(job["pad_id"], vocab)
     shard = ray.train.get_dataset_shard("train")
@@ -99,7 +114,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # A step's time runs from the end of the previous step's report to its own report, so it
     # includes data loading, collectives and checkpoints: tokens/s is what the run really gets.
     started = time.perf_counter()
-    while state.epoch < job["epochs"] and state.step < total_steps:
+    stopped = False  # the sweep's scheduler stopped this run early (validate.stop_requested)
+    while not stopped and state.epoch < job["epochs"] and state.step < total_steps:
         batches = iter(shard.iter_torch_batches(
             batch_size=cfg.micro_batch_size, collate_fn=collate, drop_last=True,
             local_shuffle_buffer_size=cfg.shuffle_buffer_rows or None,
@@ -121,6 +137,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                        tokens_per_s=row["tokens"] / elapsed, step_time_s=elapsed,
                        data_wait_s=compute - fetch, compute_s=done - compute, tokens_seen=state.tokens_seen)
             row["mfu"] = model_flops * row["tokens_per_s"] / (peak * world) if peak else None
+            if validate is not None and validate.due(state.step, total_steps):
+                # On every rank (under ZeRO-3 forwards are collective); the metrics join this
+                # step's row, so they reach metrics.jsonl and ray.train.report together.
+                engine.eval()
+                row.update(validate(engine.module, rank=rank, world=world, device=device,
+                                    params_partitioned=cfg.resolved_zero_stage() == 3))
+                engine.train()
             epoch_done = state.micro_in_epoch + cfg.grad_accum > job["micro_per_epoch"]
             if epoch_done:
                 state.epoch += 1
@@ -131,15 +154,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             started = time.perf_counter()
             if step_hook is not None:
                 step_hook(step=state.step, rank=rank)
-            if epoch_done:
+            # Collective, so every rank leaves at the same step; never after the last step (a
+            # trial stopped there has finished and is still exported).
+            stopped = (validate is not None and state.step < total_steps
+                       and validate.stop_requested(rank=rank, device=device))
+            if epoch_done or stopped:
                 break
-        for _ in batches:  # finish the epoch on every rank so the shared split advances together
-            pass
+        if not stopped:
+            for _ in batches:  # finish the epoch on every rank so the shared split advances together
+                pass
 
-    if cfg.export and state.step > 0:
+    if cfg.export and state.step > 0 and not stopped:
         export.export_model(engine, cfg, model_path, Path(job["output_dir"]), rank)
     if dist.is_initialized():
         dist.barrier()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def _train_step(engine, micro: list, world: int, grad_accum: int, device) -> dict:

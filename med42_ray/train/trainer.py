@@ -106,11 +106,14 @@ def cpus_per_worker(tcfg: TrainConfig, cluster_cpus: float) -> float:
     return min(1.0, round(spare, 2))
 
 
-def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None) -> TrainResult:
+def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, callbacks: list | None = None,
+              validate: Callable[..., dict] | None = None) -> TrainResult:
     """Train cfg.model on the prepared data with cfg.train; returns paths and the per-step metrics.
 
     `step_hook(step=, rank=)` runs on every worker after each optimizer step (tests use it to kill
-    a worker); it must be picklable.
+    a worker); it must be picklable. `callbacks` are extra Ray Train callbacks (the sweep passes
+    one that forwards reports to its Tune trial). `validate` scores held-out questions inside the
+    loop every few steps and adds its metrics to that step's row (med42_ray/sweep/validation.py).
     """
     import ray
     from ray.data import ExecutionOptions
@@ -145,7 +148,7 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None) -> T
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": tcfg.model_dump(), "job": job, "step_hook": step_hook},
+        train_loop_config={"train": tcfg.model_dump(), "job": job, "step_hook": step_hook, "validate": validate},
         scaling_config=ScalingConfig(num_workers=world, use_gpu=tcfg.scaling.use_gpu,
                                      resources_per_worker=resources),
         run_config=RayRunConfig(
@@ -153,6 +156,7 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None) -> T
             storage_path=storage_path_for(cfg),
             failure_config=FailureConfig(max_failures=tcfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints),
+            callbacks=callbacks,
         ),
         datasets={"train": dataset},
         # Order-preserving split: each worker gets the same rows in the same order on every
