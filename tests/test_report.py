@@ -333,3 +333,18 @@ def test_cli_regenerates_and_prints_the_path(tmp_path, capsys):
     assert "No training metrics found" in (run_dir / "report" / "report.md").read_text()
     assert main(["report", "--run-dir", str(tmp_path / "missing")]) == 2
     assert "run directory not found" in capsys.readouterr().err
+
+
+def test_usmle_step_rows_only_when_items_carry_steps():
+    """The sample's USMLE items have no step: no all-"—" step rows; real ones get all three."""
+    def model(with_steps: bool) -> dict:
+        rows = [{"acc": float(i < 4), "acc_norm": float(i < 4), "step": STEPS[i % 3] if with_steps else "unknown"}
+                for i in range(9)]
+        per = {"usmle_sample_exam": res.benchmark_metrics(rows, 0, 376)}
+        return {"benchmarks": per, "aggregates": res.aggregate(per, {"usmle_sample_exam": rows})}
+
+    labels = [label for label, *_ in res.comparison_rows({"base": model(False), "full": model(False)})]
+    assert labels == ["usmle_sample_exam"]
+    rows = res.comparison_rows({"base": model(False), "full": model(True)})
+    assert [label.strip() for label, *_ in rows] == ["usmle_sample_exam"] + [f"usmle_sample_exam {s}" for s in STEPS]
+    assert rows[1][1] == [None, pytest.approx(100 * 2 / 3)]  # step1 holds items 0, 3, 6: two of them correct

@@ -121,8 +121,9 @@ def comparison_rows(models: Mapping[str, dict]) -> list[tuple[str, list[float | 
                          [pct(m, "aggregates", "mmlu_clinical") for m in models.values()], pub))
         if b in ("usmle_sample_exam", "usmle_self_assessment"):
             for step in ("step1", "step2ck", "step3"):
-                rows.append((f"  {b} {step}", [pct(m, "aggregates", f"{b}_by_step", step) for m in models.values()],
-                             None))
+                vals = [pct(m, "aggregates", f"{b}_by_step", step) for m in models.values()]
+                if any(v is not None for v in vals):  # items without a step (e.g. the sample) have no row
+                    rows.append((f"  {b} {step}", vals, None))
     return rows
 
 

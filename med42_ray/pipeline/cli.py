@@ -94,6 +94,6 @@ def register(sub) -> None:
     )
     d.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
     d.add_argument("--benchmarks-dir", default=None,
-                   help="also evaluate on (and decontaminate against) real benchmark files laid out like "
-                        "shared/data/raw")
+                   help="evaluate on (and decontaminate against) real benchmark files laid out like "
+                        "shared/data/raw, instead of the sample benchmark")
     d.add_argument("--seed", type=int, default=None, help="seed for data sampling and model init")

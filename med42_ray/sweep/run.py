@@ -3,9 +3,9 @@
 Each Tune trial is the driver of one Ray Train run (`run_train`, the same trainer as `med42-ray
 train`). Inside the train loop the validation split is scored every `eval_every_steps` steps
 (validation.py); a Train callback forwards those reports to the trial, so ASHA sees val_accuracy
-at each rung and stops the trials that fall behind, which kills their Train runs. One Train run per
-trial keeps the LR schedule of a real run (a trial cut into resumed chunks would restart its cosine
-schedule at each chunk) and pays the worker start-up once.
+at each rung and stops the trials that fall behind, whose Train runs then end at the next step
+(stopping.py). One Train run per trial keeps the LR schedule of a real run (a trial cut into
+resumed chunks would restart its cosine schedule at each chunk) and pays the worker start-up once.
 
 Outputs in <run_dir>/sweep/: trials.json (every trial: params, val_accuracy, steps, stopped early),
 best_config.yaml (the run config with the best r/alpha/lr, for `med42-ray train --config`),
@@ -129,14 +129,16 @@ def run_trial(params: dict, base: dict, validation: Validation, registry, sweep_
     """One Tune trial: a Ray Train run of LoRA with this trial's r/alpha/lr (runs in the trial actor)."""
     from ray import tune
 
+    from med42_ray.sweep.stopping import train_run
     from med42_ray.train.trainer import run_train
 
     trial_id = tune.get_context().get_trial_id()
     cfg = apply_params(RunConfig.model_validate(base), params)
     cfg.train.output_dir = str(Path(sweep_dir) / "trials" / trial_id)
     cfg.train.run_name = f"{name}-{trial_id}"
-    run_train(cfg, callbacks=[_validation_reports(registry, trial_id)],
-              validate=replace(validation, stop_registry=registry, trial_id=trial_id))
+    with train_run(trial_id):
+        run_train(cfg, callbacks=[_validation_reports(registry, trial_id)],
+                  validate=replace(validation, stop_registry=registry, trial_id=trial_id))
 
 
 def run_sweep(cfg: RunConfig) -> SweepResult:

@@ -15,9 +15,26 @@ would then stay held (minutes), and the next trial's Ray Data reads would find n
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 from ray import tune
 
 STOP_WAIT_S = 600  # how long a stopped trial waits for its Train run to wind down
+
+# Trial id -> set once its Train run has returned. Per process: a trial actor runs one trial, in a
+# thread of its own, while Tune calls `cleanup` on the actor's main thread.
+_RUN_ENDED: dict[str, threading.Event] = {}
+
+
+@contextmanager
+def train_run(trial_id: str):
+    """Marks the span of a trial's Train run, for `cleanup` to wait on."""
+    ended = _RUN_ENDED[trial_id] = threading.Event()
+    try:
+        yield
+    finally:
+        ended.set()
 
 
 class StopRegistry:
@@ -58,12 +75,15 @@ def graceful_trainable(train_fn, registry):
         _name = "sweep_trial"
 
         def cleanup(self):
-            from ray.train._internal.session import get_session
+            # This class travels by value (cloudpickle): look the event up in the imported module,
+            # where the trial's function put it, not in a pickled copy. (Not the function's thread:
+            # after returning, it waits for this actor's main thread to collect its last result.)
+            from med42_ray.sweep import stopping
 
-            thread = get_session().training_thread
-            if thread.is_alive():
+            ended = stopping._RUN_ENDED.pop(self.trial_id, None)
+            if ended is not None and not ended.is_set():
                 registry.stop.remote(self.trial_id)
-                thread.join(timeout=STOP_WAIT_S)
+                ended.wait(timeout=STOP_WAIT_S)
             super().cleanup()
 
     return SweepTrial
