@@ -28,7 +28,8 @@ def raw_dir() -> Path:
 def ray_cluster():
     import ray
 
-    ctx = ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+    # address="local": a cluster of its own even when the developer has one running (`ray start`)
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
                    ignore_reinit_error=True, log_to_driver=False)
     yield ctx
     ray.shutdown()

@@ -62,9 +62,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     use_gpu = cfg.scaling.use_gpu
     device = ray.train.torch.get_device()
 
+    if not use_gpu:
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel when it starts (over a
+        # minute on 2 cores, and again whenever another process builds it with other flags, e.g. a job
+        # after a local run). Only `inference_all_reduce` uses it; training never does. DeepSpeed
+        # keeps this table in its module so that edits to it hold.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     # Ray Train already created the process group; DeepSpeed adopts it.
     t0 = time.perf_counter()
     deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
+    t_dist = time.perf_counter()
     torch.manual_seed(job["seed"])  # identical init (LoRA adapters) on every rank
     model_path = resolve_model(job["model"])
     ds_config = strategies.deepspeed_config(cfg, world, use_gpu)
@@ -82,7 +89,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
                                            lr_scheduler=schedule, config=ds_config)
     if rank == 0:
-        print(f"[med42-ray] model built in {t1 - t0:.1f}s, DeepSpeed engine in {time.perf_counter() - t1:.1f}s", flush=True)
+        print(f"[med42-ray] DeepSpeed distributed init in {t_dist - t0:.1f}s, model built in {t1 - t_dist:.1f}s, "
+              f"DeepSpeed engine in {time.perf_counter() - t1:.1f}s", flush=True)
 
     torch.manual_seed(job["seed"] * 1000 + rank + 1)  # each rank its own dropout stream
     state = TrainState()
