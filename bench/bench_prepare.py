@@ -198,7 +198,7 @@ def _prepare_child(config_path: str, result_file: str, stats_file: str) -> None:
     logging.getLogger("ray.data").addHandler(logging.FileHandler(stats_file, mode="w"))
     cfg = load_config(config_path)
     with ProcessTreeMonitor() as mon:
-        ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
         cpu_start, load_start = mon.cpu_snapshot(), os.getloadavg()
         started = time.perf_counter()
         manifest = run_prepare(cfg)

@@ -57,8 +57,11 @@ def model_max_length(model, tokenizer) -> int:
 
 
 class Scorer:
-    def __init__(self, model, tokenizer, max_length: int | None = None, max_batch_tokens: int = 8192):
+    def __init__(self, model, tokenizer, max_length: int | None = None, max_batch_tokens: int = 8192,
+                 inference_mode: bool = True):
         self.model = model
+        # False: plain no_grad, for a model that trains on after scoring (see `score`)
+        self.inference_mode = inference_mode
         self.tokenizer = tokenizer
         self.max_length = max_length or model_max_length(model, tokenizer)
         self.max_batch_tokens = max_batch_tokens
@@ -97,9 +100,16 @@ class Scorer:
 
     # -- scoring ---------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def score(self, requests: Sequence[Request]) -> list[Scored]:
-        """Scores in the order of `requests`; requests with equal keys are computed once."""
+        """Scores in the order of `requests`; requests with equal keys are computed once.
+
+        Under inference_mode unless the Scorer was built without it: a ZeRO-3 model gathers its
+        parameters during the forward and keeps its small persistent ones, which would then be
+        inference tensors that the next training backward refuses."""
+        with torch.inference_mode() if self.inference_mode else torch.no_grad():
+            return self._score(requests)
+
+    def _score(self, requests: Sequence[Request]) -> list[Scored]:
         unique: dict[str, tuple[Request, Encoded]] = {}
         for r in requests:
             if r.key not in unique:

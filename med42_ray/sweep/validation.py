@@ -65,15 +65,10 @@ class Validation:
 
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.model))
         mine = range(len(self.requests)) if params_partitioned else range(rank, len(self.requests), world)
-        scorer = Scorer(model, self._tokenizer, max_length=self.max_length, max_batch_tokens=self.max_batch_tokens)
-        requests = [self.requests[i] for i in mine]
-        if params_partitioned:
-            # Scorer.score runs under inference_mode, where ZeRO-3 would gather (and keep, for its
-            # persistent small parameters) inference tensors that the next backward refuses.
-            with torch.no_grad():
-                scored = Scorer.score.__wrapped__(scorer, requests)
-        else:
-            scored = scorer.score(requests)
+        # The model trains on after this: no inference tensors in ZeRO-3's gathered parameters
+        scorer = Scorer(model, self._tokenizer, max_length=self.max_length, max_batch_tokens=self.max_batch_tokens,
+                        inference_mode=not params_partitioned)
+        scored = scorer.score([self.requests[i] for i in mine])
         correct = gold_prob = 0.0
         for i, s in zip(mine, scored):
             correct += sample_row(self.items[i], self.requests[i], s)["acc"]
