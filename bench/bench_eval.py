@@ -2,13 +2,15 @@
 
 Both run in this process, one after the other, on the same model directory and the same MedQA
 4-option test questions. lm-eval runs its own `medqa_4options` task YAML (HF backend) on a local
-copy of the questions (med42_ray.eval.harness); ours runs the registry's items on a Ray actor pool.
+copy of the questions (bench/harness_tasks.py); ours runs the registry's items on a Ray actor pool.
 Reported: wall seconds and questions/s for each (model loading included for both; the Ray cluster
 is started before the clock), both accuracies, how many predictions agree, and the largest
-per-question log-likelihood difference. Writes the `## Evaluation` section of BENCHMARKS.md.
+per-question log-likelihood difference. Writes the `## Evaluation` section of BENCHMARKS.md and
+<out>/results.json.
 
     python bench/bench_eval.py                                   # tiny-llama, all 1,273 questions
     python bench/bench_eval.py --model <hf dir> --limit 200 --num-actors 2
+    python bench/bench_eval.py --smoke    # the first questions of the packaged sample, BENCHMARKS.md untouched
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 BENCHMARK = "medqa_4options"
+RAW_DIR = str(REPO.parent / "shared" / "data" / "raw")
+SAMPLE_DIR = "pkg://sample/data/benchmarks"
+SMOKE_LIMIT = 8
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prepare import ProcessTreeMonitor  # noqa: E402  (same CPU accounting as the Prepare section)
@@ -36,9 +41,8 @@ MONITOR = ProcessTreeMonitor()
 
 def run_lm_eval(model_dir: str, items, batch_size: int, workdir: Path) -> tuple[float, dict, list]:
     import lm_eval
+    from harness_tasks import write_local_task
     from lm_eval.tasks import TaskManager
-
-    from med42_ray.eval.harness import write_local_task
 
     task = write_local_task(workdir, BENCHMARK, items, task_name="bench_medqa_4options")
     start = time.perf_counter()
@@ -82,23 +86,33 @@ def write_section(path: Path, body: str) -> None:
     path.write_text(text)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny-llama", help="HF model directory (or 'tiny-llama')")
-    p.add_argument("--benchmarks-dir", default=str(REPO.parent / "shared" / "data" / "raw"))
+    p.add_argument("--benchmarks-dir", help=f"default: {RAW_DIR} (--smoke: the packaged sample, {SAMPLE_DIR})")
     p.add_argument("--limit", type=int, default=None, help="first N MedQA test questions (default: all)")
     p.add_argument("--num-actors", type=int, default=2)
     p.add_argument("--lm-eval-batch-size", type=int, default=16)
+    p.add_argument("--out", type=Path, default=Path("runs/bench_eval"), help="where results.json goes")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"the first {SMOKE_LIMIT} questions (overrides --limit), results under <out>/smoke, "
+                        "BENCHMARKS.md untouched: checks that the benchmark runs")
     args = p.parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    if args.smoke:
+        args.limit, args.no_write, args.out = SMOKE_LIMIT, True, args.out / "smoke"
+    args.benchmarks_dir = args.benchmarks_dir or (SAMPLE_DIR if args.smoke else RAW_DIR)
+    return args
 
+
+def measure(args: argparse.Namespace) -> dict:
+    """Both sides on the same questions: their timings, accuracies and per-choice log-likelihoods."""
     from med42_ray.benchmarks import load_benchmarks
     from med42_ray.model import resolve_model
+    from med42_ray.paths import resolve_path
 
     model_dir = resolve_model(args.model)
-    items = load_benchmarks(args.benchmarks_dir, [BENCHMARK])[BENCHMARK]
+    items = load_benchmarks(resolve_path(args.benchmarks_dir), [BENCHMARK])[BENCHMARK]
     items = [it for it in items if not it.needs_image][: args.limit]
     n = len(items)
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,9 +125,21 @@ def main() -> int:
     assert len(their_lls) == len(our_lls) == n
     argmax = [max(range(len(v)), key=v.__getitem__) for v in their_lls]
     our_argmax = [max(range(len(v)), key=v.__getitem__) for v in our_lls]
-    agree = sum(a == b for a, b in zip(argmax, our_argmax))
-    max_diff = max(abs(a - b) for u, v in zip(their_lls, our_lls) for a, b in zip(u, v))
-    ratio = (n / ours_s) / (n / theirs_s)
+    return {
+        "n": n, "model": args.model, "benchmarks_dir": str(args.benchmarks_dir),
+        "lm_eval": {"seconds": theirs_s, "cpu_s": theirs_cpu, "questions_per_s": n / theirs_s,
+                    "acc": theirs["acc,none"], "acc_norm": theirs["acc_norm,none"]},
+        "ours": {"seconds": ours_s, "cpu_s": ours_cpu, "questions_per_s": n / ours_s,
+                 "acc": ours["acc"], "acc_norm": ours["acc_norm"]},
+        "agree": sum(a == b for a, b in zip(argmax, our_argmax)),
+        "max_ll_diff": max(abs(a - b) for u, v in zip(their_lls, our_lls) for a, b in zip(u, v)),
+    }
+
+
+def render(r: dict, args: argparse.Namespace) -> str:
+    n, theirs, ours = r["n"], r["lm_eval"], r["ours"]
+    their_cpu, our_cpu = theirs["cpu_s"], ours["cpu_s"]
+    ratio = ours["questions_per_s"] / theirs["questions_per_s"]
     cpu = platform.processor() or platform.machine()
     notes = ""
     if ratio < 4:
@@ -124,7 +150,8 @@ def main() -> int:
                  "projecting only the last position onto the vocabulary instead of every position, and "
                  "length-sorted batching. On a cluster the actor pool scales with the GPUs/nodes "
                  "(one actor per GPU), which lm-eval's single process does not.\n")
-    body = f"""
+    limit = f" --limit {args.limit}" if args.limit else ""
+    return f"""
 `med42-ray evaluate` vs lm-evaluation-harness {__import__('lm_eval').__version__} (HF backend), same model
 directory (`{args.model}`), same {n} MedQA 4-option test questions, one process, CPU only
 ({os.cpu_count()} cores, {cpu}); lm-eval batch size {args.lm_eval_batch_size}, ours {args.num_actors} Ray actors.
@@ -135,25 +162,37 @@ shares the machine.
 
 | | lm-eval | med42-ray | ratio |
 |---|---:|---:|---:|
-| wall seconds | {theirs_s:.1f} | {ours_s:.1f} | |
-| questions/s | {n / theirs_s:.1f} | {n / ours_s:.1f} | **{ratio:.2f}x** |
-| CPU seconds (user + system, all processes) | {theirs_cpu:.0f} | {ours_cpu:.0f} | |
-| questions per CPU-second | {n / theirs_cpu:.2f} | {n / ours_cpu:.2f} | {theirs_cpu / ours_cpu:.2f}x |
-| acc | {theirs['acc,none']:.4f} | {ours['acc']:.4f} | |
-| acc_norm | {theirs['acc_norm,none']:.4f} | {ours['acc_norm']:.4f} | |
+| wall seconds | {theirs['seconds']:.1f} | {ours['seconds']:.1f} | |
+| questions/s | {theirs['questions_per_s']:.1f} | {ours['questions_per_s']:.1f} | **{ratio:.2f}x** |
+| CPU seconds (user + system, all processes) | {their_cpu:.0f} | {our_cpu:.0f} | |
+| questions per CPU-second | {n / their_cpu:.2f} | {n / our_cpu:.2f} | {their_cpu / our_cpu:.2f}x |
+| acc | {theirs['acc']:.4f} | {ours['acc']:.4f} | |
+| acc_norm | {theirs['acc_norm']:.4f} | {ours['acc_norm']:.4f} | |
 
-Identical predictions: {agree}/{n}. Largest per-question log-likelihood difference: {max_diff:.2e}.
+Identical predictions: {r['agree']}/{n}. Largest per-question log-likelihood difference: {r['max_ll_diff']:.2e}.
 Machine load while measuring (1-minute load average at the end): {os.getloadavg()[0]:.1f}.
 {notes}
 
-Reproduce: `python bench/bench_eval.py --model {args.model} --num-actors {args.num_actors}` \
-{'--limit ' + str(args.limit) if args.limit else ''}
+Reproduce: `python bench/bench_eval.py --model {args.model} --num-actors {args.num_actors}{limit}`
 """
+
+
+def main() -> int:
+    args = parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    results = measure(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    body = render(results, args)
+    if args.smoke:
+        print(f"--smoke: {REPO / 'BENCHMARKS.md'} left alone; the section it would get:")
     print(body)
+    print(f"results: {args.out / 'results.json'}")
     if not args.no_write:
         write_section(REPO / "BENCHMARKS.md", body)
         print(f"updated {REPO / 'BENCHMARKS.md'}")
-    return 0 if agree == n else 1
+    return 0 if results["agree"] == results["n"] else 1
 
 
 if __name__ == "__main__":

@@ -4,16 +4,16 @@
 
 Run from the repository root. Two measurements, in one run:
 
-1. Pipeline. `run_prepare` on the public training sources of configs/public_raw.yaml (MedAlpaca,
-   Alpaca, Dolly, HEAD-QA train; every benchmark under --raw indexed) on a local 2-CPU Ray
-   cluster, at 1x and at --scale x the input. The scaled input is written under --out: --scale
-   copies of every source, each row's text suffixed " (variant k)" so no copy is an exact
-   duplicate. Each scale runs in its own fresh process and Ray cluster, so neither sees the
-   other's memory. Reported: input rows/s over the whole `run_prepare` call, rows per CPU-second
-   (CPU of the driver and every process under it: Ray's raylet, GCS and workers; it does not
-   grow when other work shares the machine, as wall time does), and peak memory, the summed RSS
-   of the same processes sampled every 0.2 s with psutil. RSS counts shared pages (the object
-   store) once per process that maps them, so it is an upper bound.
+1. Pipeline. `run_prepare` on the public training sources of med42_ray/configs/public_raw.yaml
+   (MedAlpaca, Alpaca, Dolly, HEAD-QA train; MED42_DATA set to --raw; every benchmark under --raw
+   indexed) on a local 2-CPU Ray cluster, at 1x and at --scale x the input. The scaled input is
+   written under --out: --scale copies of every source, each row's text suffixed " (variant k)" so
+   no copy is an exact duplicate. Each scale runs in its own fresh process and Ray cluster, so
+   neither sees the other's memory. Reported: input rows/s over the whole `run_prepare` call, rows
+   per CPU-second (CPU of the driver and every process under it: Ray's raylet, GCS and workers; it
+   does not grow when other work shares the machine, as wall time does), and peak memory, the
+   summed RSS of the same processes sampled every 0.2 s with psutil. RSS counts shared pages (the
+   object store) once per process that maps them, so it is an upper bound.
 
 2. Decontamination, ours (`ContaminationIndex`) vs lm-evaluation-harness's `Janitor`, 13-grams,
    both indexed from the same benchmark items (the registry, `load_benchmarks`) and run on the
@@ -27,6 +27,8 @@ Run from the repository root. Two measurements, in one run:
    the index, different questions).
 
 A partial run (--parts) writes only <out>/results.json; BENCHMARKS.md is updated when both run.
+--smoke runs both parts at tiny sizes (a minute or two) into <out>/smoke and prints the section
+instead of writing it: a check that the benchmark still runs, not a measurement.
 """
 
 from __future__ import annotations
@@ -53,15 +55,20 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from med42_ray.config import CONFIG_DIR, load_config  # noqa: E402
+from med42_ray.config import load_config  # noqa: E402
+from med42_ray.paths import CONFIG_DIR  # noqa: E402
 from med42_ray.records import format_mc_answer, format_multiple_choice  # noqa: E402
 
 PUBLIC_RAW = CONFIG_DIR / "public_raw.yaml"
-RAW_IN_CONFIG = "../shared/data/raw"  # how public_raw.yaml spells the raw directory
+DATA_VAR = "MED42_DATA"  # public_raw.yaml's paths are ${MED42_DATA:-../shared/data/raw}/...
 NGRAM = 13
 MMLU_CLINICAL = ("mmlu_anatomy", "mmlu_clinical_knowledge", "mmlu_college_biology", "mmlu_college_medicine",
                  "mmlu_medical_genetics", "mmlu_professional_medicine")
 REPRODUCE = "python bench/bench_prepare.py --raw ../shared/data/raw --out runs/bench_prepare"
+# --smoke: every part at a size that runs in a minute or so on 2 cores (these replace the flags).
+# Two benchmarks keep the index small; MedQA for the dev-question negatives, MMLU anatomy for short items.
+SMOKE_SIZES = {"scale": 2, "repeats": 1, "per_benchmark": 2, "short_items": 5, "rows_per_source": 40,
+               "clean_rows": 400, "benchmarks": "medqa_4options,mmlu_anatomy"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,41 +141,93 @@ def _vary_headqa(doc: dict, suffix: str) -> dict:
     return doc
 
 
+VARY = {"alpaca": _vary_alpaca, "headqa": _vary_headqa, "prompt_response": _vary_prompt_response}
+
+
+def _read_source(path: Path, fmt: str):
+    if fmt == "prompt_response":  # JSON lines
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return json.loads(path.read_text())
+
+
+def _write_source(path: Path, fmt: str, rows) -> None:
+    if fmt == "prompt_response":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    else:
+        path.write_text(json.dumps(rows, ensure_ascii=False))
+
+
+def _head(rows, fmt: str, n: int):
+    """The first `n` rows of a source (HEAD-QA: the first `n` questions, exam after exam)."""
+    if fmt != "headqa":
+        return rows[:n]
+    exams = {}
+    for name, exam in rows["exams"].items():
+        if n <= 0:
+            break
+        exams[name] = {**exam, "data": exam["data"][:n]}
+        n -= len(exams[name]["data"])
+    return {**rows, "exams": exams}
+
+
+def write_source_heads(sources: list[dict], n: int, out: Path) -> list[dict]:
+    """The first `n` rows of every source under `out`; returns the sources pointing at them."""
+    heads = []
+    for src in sources:
+        path, fmt = Path(src["path"]), src["format"]
+        target = out / src["name"] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_source(target, fmt, _head(_read_source(path, fmt), fmt, n))
+        heads.append({**src, "path": str(target)})
+    return heads
+
+
 def write_scaled_sources(sources: list[dict], scale: int, out: Path) -> list[dict]:
     """`scale` varied copies of every source under `out`; returns the sources pointing at them."""
     scaled = []
     for src in sources:
         path, fmt = Path(src["path"]), src["format"]
+        if fmt not in VARY:
+            raise ValueError(f"source {src['name']}: no variant writer for format {fmt!r}")
         folder = out / src["name"]
         folder.mkdir(parents=True, exist_ok=True)
-        if fmt == "prompt_response":  # JSON lines
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        else:
-            rows = json.loads(path.read_text())
+        rows = _read_source(path, fmt)
         for k in range(1, scale + 1):
-            suffix = f" (variant {k})"
-            target = folder / f"{path.stem}.v{k}{path.suffix}"
-            if fmt == "alpaca":
-                target.write_text(json.dumps(_vary_alpaca(rows, suffix), ensure_ascii=False))
-            elif fmt == "headqa":
-                target.write_text(json.dumps(_vary_headqa(rows, suffix), ensure_ascii=False))
-            elif fmt == "prompt_response":
-                target.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                          for r in _vary_prompt_response(rows, suffix)))
-            else:
-                raise ValueError(f"source {src['name']}: no variant writer for format {fmt!r}")
+            _write_source(folder / f"{path.stem}.v{k}{path.suffix}", fmt, VARY[fmt](rows, f" (variant {k})"))
         scaled.append({**src, "path": str(folder / f"{path.stem}.v*{path.suffix}")})
     return scaled
 
 
-def write_prepare_configs(raw: Path, out: Path, scale: int, model: str | None) -> dict[str, Path]:
-    """public_raw.yaml pointed at --raw, and its --scale x copy; returns {label: config path}."""
+def public_raw_sources(raw: Path) -> list[str]:
+    """public_raw.yaml's source paths as `prepare` reads them with MED42_DATA=--raw."""
+    before = os.environ.get(DATA_VAR)
+    os.environ[DATA_VAR] = str(raw)
+    try:
+        paths = [src.path for src in load_config(PUBLIC_RAW).prepare.sources]
+    finally:
+        if before is None:
+            del os.environ[DATA_VAR]
+        else:
+            os.environ[DATA_VAR] = before
+    for path in paths:  # a source read from anywhere else would not be the data measured
+        if not Path(path).is_relative_to(raw):
+            raise ValueError(f"{PUBLIC_RAW}: source {path} is not under --raw {raw} "
+                             f"(its path must start with ${{{DATA_VAR}:-...}})")
+    return paths
+
+
+def write_prepare_configs(raw: Path, out: Path, scale: int, model: str | None, rows_per_source: int | None = None,
+                          benchmarks: list[str] | None = None) -> dict[str, Path]:
+    """public_raw.yaml pointed at --raw (its first `rows_per_source` rows of every source and only
+    `benchmarks` indexed, if given), and its --scale x copy; returns {label: config path}."""
     tree = yaml.safe_load(PUBLIC_RAW.read_text())
-    for src in tree["prepare"]["sources"]:
-        if not src["path"].startswith(RAW_IN_CONFIG):
-            raise ValueError(f"{PUBLIC_RAW}: source {src['name']} is not under {RAW_IN_CONFIG}")
-        src["path"] = str(raw / src["path"][len(RAW_IN_CONFIG):].lstrip("/"))
-    tree["prepare"]["benchmarks_dir"] = str(raw)
+    for src, path in zip(tree["prepare"]["sources"], public_raw_sources(raw), strict=True):
+        src["path"] = path
+    if rows_per_source is not None:
+        tree["prepare"]["sources"] = write_source_heads(tree["prepare"]["sources"], rows_per_source, out / "data_1x")
+    tree["prepare"]["benchmarks_dir"] = tree.setdefault("evaluate", {})["benchmarks_dir"] = str(raw)
+    if benchmarks is not None:
+        tree["prepare"]["benchmarks"] = benchmarks
     tree["ray"] = {"num_cpus": 2, "dashboard": False}
     if model:
         tree["model"] = model
@@ -217,10 +276,11 @@ def _prepare_child(config_path: str, result_file: str, stats_file: str) -> None:
     }))
 
 
-def bench_pipeline(raw: Path, out: Path, scale: int, model: str | None) -> dict:
+def bench_pipeline(raw: Path, out: Path, scale: int, model: str | None, rows_per_source: int | None = None,
+                   benchmarks: list[str] | None = None) -> dict:
     from med42_ray.model import resolve_model
 
-    configs = write_prepare_configs(raw, out, scale, model)
+    configs = write_prepare_configs(raw, out, scale, model, rows_per_source, benchmarks)
     resolve_model(load_config(configs["1x"]).model)  # build the tiny model now, not in the first timed run
     results = {}
     ctx = mp.get_context("spawn")
@@ -240,7 +300,7 @@ def bench_pipeline(raw: Path, out: Path, scale: int, model: str | None) -> dict:
               f"({r['cpu_s']:.0f} CPU s = {r['rows_per_cpu_s']:.0f} rows per CPU-second), "
               f"peak RSS {r['peak_rss'] / 2**30:.2f} GiB", flush=True)
     one, big = results["1x"], results[f"{scale}x"]
-    return {"scale": scale, "model": load_config(configs["1x"]).model, "runs": results,
+    return {"scale": scale, "model": load_config(configs["1x"]).model, "benchmarks": benchmarks, "runs": results,
             "throughput_ratio": big["rows_per_s"] / one["rows_per_s"],
             "cpu_throughput_ratio": big["rows_per_cpu_s"] / one["rows_per_cpu_s"],
             "peak_rss_ratio": big["peak_rss"] / one["peak_rss"],
@@ -363,11 +423,12 @@ def _time(fn, rows: list[str]) -> tuple[float, float, list]:
     return time.perf_counter() - wall, time.process_time() - cpu, flags
 
 
-def bench_decontam(raw: Path, out: Path, repeats: int, per_benchmark: int, short_items: int, seed: int) -> dict:
+def bench_decontam(raw: Path, out: Path, repeats: int, per_benchmark: int, short_items: int, seed: int,
+                   clean_rows_limit: int | None = None, names: list[str] | None = None) -> dict:
     from med42_ray.benchmarks import load_benchmarks
     from med42_ray.data.decontam import ContaminationIndex
 
-    benchmarks = load_benchmarks(raw)
+    benchmarks = load_benchmarks(raw, names)
     items = [it for its in benchmarks.values() for it in its]
     print(f"\n=== decontamination: {len(items)} items from {len(benchmarks)} benchmarks", flush=True)
 
@@ -384,9 +445,9 @@ def bench_decontam(raw: Path, out: Path, repeats: int, per_benchmark: int, short
           f"Janitor {janitor_build} ({len(janitor.janitor.dirt_ngrams)} n-grams, "
           f"{'C++' if janitor.cpp else 'Python'} mode)", flush=True)
 
-    clean = clean_rows(raw)
+    clean = clean_rows(raw)[:clean_rows_limit]
     planted, short_pool = planted_rows(benchmarks, per_benchmark, short_items, seed)
-    dev = medqa_dev_rows(raw)
+    dev = medqa_dev_rows(raw)[:clean_rows_limit]
     subsets = {"clean": clean, "planted": [p[4] for p in planted]}  # timed; dev rows are scored, not timed
     rows = clean + subsets["planted"]
 
@@ -527,8 +588,9 @@ def render(results: dict) -> str:
         "",
         "### `med42-ray prepare` throughput and memory",
         "",
-        "Sources of `configs/public_raw.yaml` (MedAlpaca, Alpaca x2, Dolly, HEAD-QA train), every benchmark "
-        f"indexed, tokenizer `{pipe['model']}`, `run_prepare` on a local Ray cluster with 2 CPUs. {pipe['scale']}x = {pipe['scale']} copies "
+        "Sources of `med42_ray/configs/public_raw.yaml` (MedAlpaca, Alpaca x2, Dolly, HEAD-QA train), "
+        f"{', '.join(pipe.get('benchmarks') or ['every benchmark'])} indexed, tokenizer `{pipe['model']}`, "
+        f"`run_prepare` on a local Ray cluster with 2 CPUs. {pipe['scale']}x = {pipe['scale']} copies "
         "of every source, each row suffixed \" (variant k)\". Time is the whole call (planning, index build, "
         "both Ray Data stages, reports). CPU is user + system seconds of the driver and every Ray process "
         "(raylet, GCS, workers) over that call: unlike wall time it does not grow when other work shares the "
@@ -629,27 +691,43 @@ def write_section(md: Path, section: str) -> None:
     md.write_text(text.rstrip("\n") + "\n")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--raw", type=Path, default=Path("../shared/data/raw"), help="shared/data/raw layout")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_prepare"), help="scratch and results")
     ap.add_argument("--scale", type=int, default=10, help="the larger input, as a multiple of the sources")
     ap.add_argument("--parts", default="pipeline,decontam", help="comma list: pipeline, decontam")
-    ap.add_argument("--repeats", type=int, default=5, help="timed passes per detector (median)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed passes per detector (the best one counts)")
     ap.add_argument("--per-benchmark", type=int, default=25, help="planted items per benchmark")
     ap.add_argument("--short-items", type=int, default=100, help="planted short MMLU items")
+    ap.add_argument("--rows-per-source", type=int, help="prepare only the first N rows of each source (default: all)")
+    ap.add_argument("--clean-rows", type=int, help="decontaminate only the first N clean and MedQA dev rows")
+    ap.add_argument("--benchmarks", help="comma list of the benchmarks to index (default: every one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", help="tokenizer for prepare (default: public_raw.yaml's, the embedded tiny Llama)")
     ap.add_argument("--benchmarks-md", type=Path, default=REPO / "BENCHMARKS.md")
+    ap.add_argument("--smoke", action="store_true",
+                    help=f"tiny sizes ({', '.join(f'{k}={v}' for k, v in SMOKE_SIZES.items())}), output under "
+                         "<out>/smoke, BENCHMARKS.md untouched: checks that the benchmark runs")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     if not parts <= {"pipeline", "decontam"}:
         ap.error(f"--parts: unknown part(s) {', '.join(sorted(parts - {'pipeline', 'decontam'}))}")
-    raw, out = args.raw.resolve(), args.out.resolve()
-    if not raw.is_dir():
+    args.parts = parts
+    if not args.raw.is_dir():
         ap.error(f"--raw {args.raw}: not a directory")
-    if out == REPO or REPO in out.parents and not out.is_relative_to(REPO / "runs"):
+    args.raw, args.out = args.raw.resolve(), args.out.resolve()
+    if args.out == REPO or REPO in args.out.parents and not args.out.is_relative_to(REPO / "runs"):
         ap.error(f"--out {args.out}: scratch data must not go into the repository (use runs/ or elsewhere)")
+    if args.smoke:
+        vars(args).update(SMOKE_SIZES, out=args.out / "smoke")
+    args.benchmarks = args.benchmarks.split(",") if args.benchmarks else None
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    raw, out, parts = args.raw, args.out, args.parts
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -657,16 +735,20 @@ def main() -> None:
     results = {"date": datetime.date.today().isoformat(), "machine": machine(), "command": " ".join(sys.argv)}
     # Decontamination first: one process, no Ray running beside it.
     if "decontam" in parts:
-        results["decontam"] = bench_decontam(raw, out, args.repeats, args.per_benchmark, args.short_items, args.seed)
+        results["decontam"] = bench_decontam(raw, out, args.repeats, args.per_benchmark, args.short_items, args.seed,
+                                             args.clean_rows, args.benchmarks)
     if "pipeline" in parts:
-        results["pipeline"] = bench_pipeline(raw, out, args.scale, args.model)
+        results["pipeline"] = bench_pipeline(raw, out, args.scale, args.model, args.rows_per_source, args.benchmarks)
     results["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults: {out / 'results.json'} ({results['seconds']:.0f}s)")
     if parts == {"pipeline", "decontam"}:
         section = render(results)
-        write_section(args.benchmarks_md, section)
-        print(f"updated {args.benchmarks_md} (## Prepare)\n\n{section}")
+        if args.smoke:
+            print(f"--smoke: {args.benchmarks_md} left alone; the section it would get:\n\n{section}")
+        else:
+            write_section(args.benchmarks_md, section)
+            print(f"updated {args.benchmarks_md} (## Prepare)\n\n{section}")
 
 
 if __name__ == "__main__":

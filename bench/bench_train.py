@@ -17,6 +17,9 @@ Useful throughput = non-padding tokens per second of wall time, over the steps a
 loading included). Non-padding fraction = real tokens / token slots per batch.
 
     python bench/bench_train.py                 # about 6 minutes on 2 cores
+    python bench/bench_train.py --smoke         # a few steps each, BENCHMARKS.md untouched
+
+Writes the `## Training` section of BENCHMARKS.md and <out>/results.json.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Training"
+SMOKE_STEPS, SMOKE_WARMUP = 4, 1  # --smoke: every trainer runs once, timed over 3 steps
 
 
 def documents(prepared: Path) -> list[tuple[list[int], list[int]]]:
@@ -137,23 +141,32 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(new)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/bench_train", help="working directory")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_train"), help="working directory")
     ap.add_argument("--prepared", default=None, help="existing `prepare` output (default: run prepare on the sample)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--benchmarks-md", default=str(REPO / "BENCHMARKS.md"))
+    ap.add_argument("--smoke", action="store_true",
+                    help=f"--steps {SMOKE_STEPS} --warmup {SMOKE_WARMUP} (overriding them), one pass per baseline, "
+                         "work under <out>/smoke, BENCHMARKS.md untouched: checks that the benchmark runs")
     args = ap.parse_args()
-    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args.baseline_passes = 2
+    if args.smoke:
+        args.steps, args.warmup, args.baseline_passes, args.out = SMOKE_STEPS, SMOKE_WARMUP, 1, args.out / "smoke"
+    args.out = args.out.resolve()
+    return args
 
+
+def measure(args: argparse.Namespace) -> dict:
+    """Ours and both baselines on the documents of `prepare`'s packed rows."""
     import ray
 
     from med42_ray.config import load_config
     from med42_ray.model import resolve_model
 
-    out = Path(args.out).resolve()
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()[0]
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
@@ -164,51 +177,59 @@ def main() -> int:
 
         run_prepare(load_config(None, [f"run_dir={out / 'prepare'}"]))
         prepared = out / "prepare" / "prepared"
-    seq_len = json.loads((prepared / "manifest.json").read_text())["seq_len"]
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    seq_len = manifest["seq_len"]
     model_dir = resolve_model("tiny-llama")
     docs = documents(prepared)
     mean_doc = statistics.mean(len(d[0]) for d in docs)
-    packing = json.loads((prepared / "manifest.json").read_text()).get("packing_efficiency", float("nan"))
 
     # Baselines run before and after ours, and keep their better pass: on a shared machine that
-    # favours the baselines, never us.
+    # favours the baselines, never us. (--smoke: one pass each.)
     padded_name = f"HF Trainer, padded to {seq_len} (Ray template)"
     padded = [run_hf_trainer(model_dir, docs, padded_name, seq_len, 2, args.steps, args.warmup, out / "hf_padded")]
     ours = run_ours(prepared, out / "ours", args.steps, args.warmup)
     longest_batch = max(2, round(ours["tokens_per_step"] / mean_doc))
     longest_name = f"HF Trainer, padded to longest, batch {longest_batch}"
     longest = [run_hf_trainer(model_dir, docs, longest_name, None, longest_batch, args.steps, args.warmup,
-                              out / "hf_longest") for _ in range(2)]
-    padded.append(run_hf_trainer(model_dir, docs, padded_name, seq_len, 2, args.steps, args.warmup, out / "hf_padded"))
-    padded = max(padded, key=lambda r: r["tokens_per_s"])
-    longest = max(longest, key=lambda r: r["tokens_per_s"])
-    load_end = os.getloadavg()[0]
+                              out / "hf_longest") for _ in range(args.baseline_passes)]
+    if args.baseline_passes > 1:
+        padded.append(run_hf_trainer(model_dir, docs, padded_name, seq_len, 2, args.steps, args.warmup,
+                                     out / "hf_padded"))
+    return {"ours": ours, "padded": max(padded, key=lambda r: r["tokens_per_s"]),
+            "longest": max(longest, key=lambda r: r["tokens_per_s"]),
+            "load_avg": [load_start, os.getloadavg()[0]], "ray": ray.__version__, "docs": len(docs),
+            "mean_doc": mean_doc, "seq_len": seq_len, "packing": manifest.get("packing_efficiency", float("nan")),
+            "steps": args.steps, "warmup": args.warmup, "baseline_passes": args.baseline_passes}
 
-    rows = [ours, padded, longest]
+
+def render(r: dict) -> str:
+    ours, padded = r["ours"], r["padded"]
     table = ["| trainer | steps (timed) | non-padding tokens/s | non-padding fraction | ours / this |",
              "|---|---:|---:|---:|---:|"]
-    for r in rows:
-        ratio = ours["tokens_per_s"] / r["tokens_per_s"]
-        table.append(f"| {r['name']} | {r['steps']} ({r['timed_steps']}) | {r['tokens_per_s']:,.0f} | "
-                     f"{r['non_padding']:.1%} | {ratio:.2f}x |")
+    for row in (ours, padded, r["longest"]):
+        ratio = ours["tokens_per_s"] / row["tokens_per_s"]
+        table.append(f"| {row['name']} | {row['steps']} ({row['timed_steps']}) | {row['tokens_per_s']:,.0f} | "
+                     f"{row['non_padding']:.1%} | {ratio:.2f}x |")
     cpu = platform.processor() or platform.machine()
-    text = f"""{SECTION}
+    passes = ("Each baseline ran twice (before and after ours) and keeps its faster\npass."
+              if r["baseline_passes"] > 1 else "Each baseline ran once.")
+    return f"""{SECTION}
 
 Measured {date.today().isoformat()} on {os.cpu_count()} CPU cores ({cpu}), no GPU; Python {platform.python_version()},
-torch {torch.__version__}, Ray {ray.__version__}; load average {load_start:.1f} before, {load_end:.1f} after
+torch {torch.__version__}, Ray {r['ray']}; load average {r['load_avg'][0]:.1f} before, {r['load_avg'][1]:.1f} after
 (the machine may be shared: compare the rows, which ran in the same process minutes apart).
 Reproduce from the repository root (about 6 minutes):
 
-    python bench/bench_train.py --steps {args.steps}
+    python bench/bench_train.py --steps {r['steps']}
 
 The embedded tiny Llama (full fine-tuning, AdamW, gradient checkpointing, fp32 on CPU) on the
-examples of `prepare`'s sample mixture ({len(docs)} examples, mean {mean_doc:.0f} tokens; packed rows of
-<= {seq_len} tokens). Both sides train on the same token sequences: the baselines get the documents
+examples of `prepare`'s sample mixture ({r['docs']} examples, mean {r['mean_doc']:.0f} tokens; packed rows of
+<= {r['seq_len']} tokens). Both sides train on the same token sequences: the baselines get the documents
 inside our packed rows. Throughput counts non-padding tokens per second of wall time over the steps
-after the first {args.warmup}; our step time includes Ray Data loading, the per-step `ray.train.report`
-and DeepSpeed's collectives. Each baseline ran twice (before and after ours) and keeps its faster
-pass. Ours has no padding at all (one unpadded packed row per worker per step); the packed rows
-themselves fill {packing:.1%} of seq_len (manifest `packing_efficiency`).
+after the first {r['warmup']}; our step time includes Ray Data loading, the per-step `ray.train.report`
+and DeepSpeed's collectives. {passes} \
+Ours has no padding at all (one unpadded packed row per worker per step); the packed rows
+themselves fill {r['packing']:.1%} of seq_len (manifest `packing_efficiency`).
 
 {chr(10).join(table)}
 
@@ -220,8 +241,21 @@ CPU a few-million-parameter model makes the step communication-bound (two proces
 every gradient through gloo each step, and DeepSpeed's ZeRO hooks run per module), while that
 baseline has no data parallelism to pay for. The packing gain is the ratio to the padded baseline.
 """
-    write_section(Path(args.benchmarks_md), text)
+
+
+def main() -> int:
+    args = parse_args()
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    results = measure(args)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = render(results)
+    if args.smoke:
+        print(f"--smoke: {args.benchmarks_md} left alone; the section it would get:\n")
+    else:
+        write_section(Path(args.benchmarks_md), text)
     print(text)
+    print(f"results: {args.out / 'results.json'}")
     return 0
 
 

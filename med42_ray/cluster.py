@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import ray
 
-from med42_ray.config import RayConfig
+if TYPE_CHECKING:  # the section lives in config.py, which composes every stage's; no import up
+    from med42_ray.config import RayConfig
 
 log = logging.getLogger(__name__)
 

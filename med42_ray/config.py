@@ -3,6 +3,8 @@
 Every section is a pydantic model with `extra="forbid"`, so a misspelt or unknown key fails at
 the edge, naming the key and the file, before Ray starts. Each stage owns its section model in
 its own package (`med42_ray/data/config.py`, ...); this module only composes and loads them.
+Nothing below imports this module back: stages take `ConfigError` and `resolve_path` from the
+leaves `errors.py` and `paths.py`.
 """
 
 from __future__ import annotations
@@ -16,16 +18,14 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from med42_ray.data.config import PrepareConfig
+from med42_ray.errors import ConfigError
 from med42_ray.eval.config import EvalConfig
 from med42_ray.merge import deep_merge
+from med42_ray.paths import DEFAULT_CONFIG, PACKAGE_SCHEME, resolve_path
 from med42_ray.pipeline.config import PipelineConfig, merged_train_config
 from med42_ray.strict_model import StrictModel
 from med42_ray.sweep.config import SweepConfig
 from med42_ray.train.config import TrainConfig
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-CONFIG_DIR = PACKAGE_DIR / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 
 class RayConfig(StrictModel):
@@ -62,10 +62,6 @@ class RunConfig(StrictModel):
         return self
 
 
-class ConfigError(ValueError):
-    """A configuration problem, phrased for the user (names the file and the key)."""
-
-
 def _set_path(tree: dict, dotted: str, value: Any, origin: str) -> None:
     keys = dotted.split(".")
     node = tree
@@ -75,6 +71,11 @@ def _set_path(tree: dict, dotted: str, value: Any, origin: str) -> None:
             raise ConfigError(f"{origin}: cannot set {dotted!r}: {k!r} is not a section")
         node = nxt
     node[keys[-1]] = value
+
+
+# An override: 'key.path=value' text, its value read as YAML (`-o`), or an already-typed
+# (key, value, origin) triple (a CLI flag), origin naming it in error messages ('flag --max-steps').
+Override = str | tuple[str, Any, str]
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -90,7 +91,16 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _format_errors(err: ValidationError, origin: str) -> str:
+def _typed_override(item: Override) -> tuple[str, Any, str, str]:
+    """(key, value, origin, how the override reads in the list of overrides)."""
+    if isinstance(item, str):
+        key, value = parse_override(item)
+        return key, value, f"override {item!r}", item
+    key, value, origin = item
+    return key, value, origin, f"{key}={value!r}"
+
+
+def _format_errors(err: ValidationError, origin: str, sources: dict[str, str]) -> str:
     lines = [f"invalid configuration in {origin}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
@@ -99,11 +109,12 @@ def _format_errors(err: ValidationError, origin: str) -> str:
         elif e["type"] == "extra_forbidden":
             lines.append(f"  unknown key {key!r}")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+            came_from = "".join(f", from {s}" for k, s in sources.items() if key == k or key.startswith(f"{k}."))
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r}{came_from})")
     return "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: list[Override] | None = None) -> RunConfig:
     """Load a YAML run config (the packaged default when `path` is None) and apply overrides.
 
     A file may start from another with `extends: <file>` (relative to itself, or `pkg://configs/...`)
@@ -114,16 +125,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg_path = Path(path) if path is not None else DEFAULT_CONFIG
     tree = _read_tree(cfg_path, ())
     origin = str(cfg_path)
-    for text in overrides or []:
-        key, value = parse_override(text)
-        _set_path(tree, key, value, f"override {text!r}")
-    if overrides:
-        origin += f" (with overrides {' '.join(overrides)})"
+    sources, shown = {}, []  # key -> where its value came from, for the error that names the key
+    for item in overrides or []:
+        key, value, source, text = _typed_override(item)
+        _set_path(tree, key, value, source)
+        sources[key] = source
+        shown.append(text)
+    if shown:
+        origin += f" (with overrides {' '.join(shown)})"
     tree = _expand_env(tree, origin, "")
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, origin)) from None
+        raise ConfigError(_format_errors(e, origin, sources)) from None
 
 
 def _read_tree(cfg_path: Path, chain: tuple[Path, ...]) -> dict:
@@ -141,7 +155,7 @@ def _read_tree(cfg_path: Path, chain: tuple[Path, ...]) -> dict:
     base = tree.pop("extends", None)
     if base is None:
         return tree
-    base_path = resolve_path(base) if str(base).startswith("pkg://") else cfg_path.parent / str(base)
+    base_path = resolve_path(base) if str(base).startswith(PACKAGE_SCHEME) else cfg_path.parent / str(base)
     return deep_merge(_read_tree(base_path, (*chain, cfg_path.resolve())), tree)
 
 
@@ -165,10 +179,3 @@ def _expand_env(node: Any, origin: str, key: str) -> Any:
         return default
 
     return _ENV_VAR.sub(value, node)
-
-
-def resolve_path(value: str) -> Path:
-    """Resolve 'pkg://sample/data' to a file shipped in the package; other paths unchanged."""
-    if value.startswith("pkg://"):
-        return PACKAGE_DIR / value[len("pkg://"):]
-    return Path(value).expanduser()

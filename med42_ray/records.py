@@ -15,17 +15,7 @@ import string
 from typing import Sequence
 
 ROLES = ("system", "user", "assistant")
-LETTERS = string.ascii_uppercase
-
-
-def chat_record(record_id: str, source: str, messages: list[dict]) -> dict:
-    """Build a chat record, checking the invariants the rest of the pipeline relies on."""
-    if not messages or messages[-1]["role"] != "assistant":
-        raise ValueError(f"{record_id}: a chat record must end with an assistant message")
-    for m in messages:
-        if m["role"] not in ROLES:
-            raise ValueError(f"{record_id}: unknown role {m['role']!r}")
-    return {"id": record_id, "source": source, "messages": messages}
+LETTERS = string.ascii_uppercase  # option letters, for every multiple-choice format and prompt
 
 
 def format_multiple_choice(question: str, options: Sequence[str]) -> str:
@@ -39,12 +29,3 @@ def format_mc_answer(options: Sequence[str], gold: int) -> str:
     """The answer side of an MC row: letter and text, e.g. 'B. Cisplatin'."""
     return f"{LETTERS[gold]}. {options[gold].strip()}"
 
-
-def mc_record(record_id: str, source: str, question: str, options: Sequence[str], gold: int,
-              system: str | None = None) -> dict:
-    messages = [] if system is None else [{"role": "system", "content": system}]
-    messages += [
-        {"role": "user", "content": format_multiple_choice(question, options)},
-        {"role": "assistant", "content": format_mc_answer(options, gold)},
-    ]
-    return chat_record(record_id, source, messages)

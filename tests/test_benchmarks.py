@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from med42_ray.benchmarks import BENCHMARKS, BenchmarkFormatError, BenchmarkItem, load_benchmarks
-from med42_ray.benchmarks import usmle
+from med42_ray.benchmarks import BENCHMARKS, BenchmarkFormatError, BenchmarkItem, load_benchmarks, usmle
 from med42_ray.benchmarks.images import headqa_needs_image, usmle_needs_image
-from med42_ray.config import resolve_path
+from med42_ray.paths import resolve_path
 
 CANONICAL = {"medqa_4options": 1273, "medmcqa": 4183, "pubmedqa": 500, "mmlu_anatomy": 135,
              "mmlu_clinical_knowledge": 265, "mmlu_college_biology": 144, "mmlu_college_medicine": 173,
@@ -117,15 +116,6 @@ def test_headqa_image_rule():
     assert not headqa_needs_image("", "Form extracellular fibers:")
 
 
-def test_inline_options_split():
-    stem, choices = usmle.split_inline_options(
-        "Which range? Options: A: 105-155 B: 120-140 C: ratio A: B D: none", Path("x.json"), 1)
-    assert stem == "Which range?"
-    assert choices == ("105-155", "120-140", "ratio A: B", "none")
-    with pytest.raises(BenchmarkFormatError, match=r"x.json: row 3: field 'question'"):
-        usmle.split_inline_options("no options here", Path("x.json"), 3)
-
-
 def test_items_pickle_and_round_trip_through_dicts(real):
     item = real["usmle_sample_exam"][0]
     assert pickle.loads(pickle.dumps(item)) == item
@@ -178,6 +168,32 @@ def test_bad_rows_name_file_row_and_field(tmp_path, rel, text, message):
     _write(tmp_path, rel, text)
     with pytest.raises(BenchmarkFormatError, match=message):
         load_benchmarks(tmp_path)
+
+
+def test_usmle_jsonl_rows_name_file_row_and_field(tmp_path):
+    good = json.dumps({"question": "Q? Options: A: x B: y", "answer": "y"})
+    _write(tmp_path, usmle.JSONL, f"{good}\n{good}\n" + json.dumps({"question": "no options here", "answer": "x"}))
+    with pytest.raises(BenchmarkFormatError, match=r"usmle_self_assessment.json: row 3: field 'question'"):
+        load_benchmarks(tmp_path)
+
+
+def test_usmle_options_in_a_figure_are_kept_unscored(tmp_path):
+    # MedAlpaca kept empty options and no answer for items whose options are labels in a figure
+    rows = [{"question": "Which\n  label? Options: A:  B:  C: ", "answer": ""},
+            {"question": "Q? Options: A: x B: y", "answer": "y"}]
+    _write(tmp_path, usmle.JSONL, "".join(json.dumps(r) + "\n" for r in rows))
+    figure, plain = load_benchmarks(tmp_path)["usmle_sample_exam"]
+    assert (figure.question, figure.choices, figure.gold) == ("Which label?", ("A", "B", "C"), -1)
+    assert figure.meta["options_in_figure"] and figure.needs_image
+    assert (plain.choices, plain.gold, plain.needs_image) == (("x", "y"), 1, False)
+
+
+def test_pubmedqa_test_label_must_match_final_decision(tmp_path):
+    row = {"QUESTION": "Q?", "CONTEXTS": ["c"], "final_decision": "no", "LONG_ANSWER": "a"}
+    _write(tmp_path, "pubmedqa/ori_pqal.json", json.dumps({"1": row}))
+    _write(tmp_path, "pubmedqa/test_ground_truth.json", json.dumps({"1": "yes"}))
+    with pytest.raises(BenchmarkFormatError, match=r"ori_pqal.json: row 1: field 'final_decision': 'no', but"):
+        load_benchmarks(tmp_path, ["pubmedqa"])
 
 
 def test_embedded_sample_benchmarks_load():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from med42_ray.cli import main
-from med42_ray.config import PACKAGE_DIR, ConfigError, load_config
+from med42_ray.config import ConfigError, load_config
+from med42_ray.paths import PACKAGE_DIR
 
 
 def test_packaged_default_loads():
@@ -17,6 +18,15 @@ def test_packaged_default_loads():
 def test_overrides_are_typed():
     cfg = load_config(None, ["prepare.seq_len=1024", "seed=7", "prepare.overlong=reject"])
     assert (cfg.prepare.seq_len, cfg.seed, cfg.prepare.overlong) == (1024, 7, "reject")
+
+
+def test_typed_overrides_are_taken_as_given_and_errors_name_their_origin():
+    cfg = load_config(None, [("model", "123", "flag --model"), "seed=7", ("evaluate.benchmarks", ["pubmedqa"], "x")])
+    assert (cfg.model, cfg.seed, cfg.evaluate.benchmarks) == ("123", 7, ["pubmedqa"])
+    with pytest.raises(ConfigError, match=r"train\.max_steps: .*\(got 0, from flag --max-steps\)"):
+        load_config(None, [("train.max_steps", 0, "flag --max-steps")])
+    with pytest.raises(ConfigError, match=r"prepare\.seq_len: .*from override 'prepare\.seq_len=lots'"):
+        load_config(None, ["prepare.seq_len=lots"])
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

@@ -1,18 +1,23 @@
 """Our prompts equal lm-evaluation-harness's, character for character, on real questions.
 
 The installed lm-eval task YAMLs (medqa_4options, medmcqa, pubmedqa, mmlu_*, headqa_en) are run on
-local copies of the same questions (med42_ray.eval.harness) and their requests compared with ours.
+local copies of the same questions (bench/harness_tasks.py) and their requests compared with ours.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from med42_ray.benchmarks import load_benchmarks
-from med42_ray.eval.harness import HARNESS_TASKS, write_local_task
 from med42_ray.eval.prompts import build_request
 
 lm_eval = pytest.importorskip("lm_eval")
+# bench/ is scripts, not a package: its harness_tasks module is shared with bench/bench_eval.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from harness_tasks import HARNESS_TASKS, write_local_task  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 
 from med42_ray.cli import main
 from med42_ray.config import ConfigError, load_config
+from med42_ray.layout import RunLayout
 from med42_ray.pipeline.markers import StageMarkers
 from med42_ray.pipeline.run import Pipeline
 
@@ -51,7 +52,7 @@ def test_fingerprints_follow_what_a_stage_computes_from(tmp_path):
 
 
 def test_a_marker_for_other_inputs_is_an_error_not_a_silent_rerun(tmp_path):
-    markers = StageMarkers(tmp_path)
+    markers = StageMarkers(RunLayout(tmp_path).stages)
     assert markers.finished("prepare", "abc") is None
     markers.write("prepare", "abc", 1.5, {"sequences": 3})
     assert markers.finished("prepare", "abc")["outputs"] == {"sequences": 3}

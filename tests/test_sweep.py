@@ -16,13 +16,14 @@ import pytest
 from safetensors.torch import load_file
 
 from med42_ray.config import ConfigError, load_config
+from med42_ray.layout import SweepDir
 
 STEPS, EVAL_EVERY, TRIALS = 4, 2, 4
 
 
 def _dev_items():
     from med42_ray.benchmarks import load_benchmarks
-    from med42_ray.config import resolve_path
+    from med42_ray.paths import resolve_path
 
     return load_benchmarks(resolve_path("pkg://sample/data/benchmarks"), ["medqa_4options_dev"])["medqa_4options_dev"]
 
@@ -123,7 +124,7 @@ def test_trials_leave_room_for_data_reads_and_use_absolute_paths(tmp_path, monke
 
     monkeypatch.chdir(tmp_path)  # a Tune trial runs in its own directory: relative paths must go
     cfg = load_config(None, ["run_dir=rel/run", "train.data_dir=rel/prepared", "sweep.max_steps=7"])
-    base = trial_base_config(cfg, tmp_path / "sw", cluster_cpus=2)
+    base = trial_base_config(cfg, SweepDir(tmp_path / "sw"), cluster_cpus=2)
     assert base.train.strategy == "lora" and base.train.max_steps == 7
     # two workers, the trial's own reservation, and one whole CPU left for Ray Data's read tasks
     assert base.train.scaling.cpus_per_worker == 0.49
@@ -131,7 +132,7 @@ def test_trials_leave_room_for_data_reads_and_use_absolute_paths(tmp_path, monke
     assert base.run_dir == str(tmp_path / "rel/run") and base.train.data_dir == str(tmp_path / "rel/prepared")
     assert base.train.storage_path == str(tmp_path / "sw" / "tune")
     with pytest.raises(ConfigError, match="not enough"):
-        trial_base_config(cfg, tmp_path, cluster_cpus=1)
+        trial_base_config(cfg, SweepDir(tmp_path), cluster_cpus=1)
     assert _default_concurrency(base, {"CPU": 64}) == 1  # CPU trials one at a time
     gpu = load_config(None, ["train.scaling.use_gpu=true", "train.scaling.num_workers=2"])
     assert _default_concurrency(gpu, {"CPU": 64, "GPU": 8}) == 4

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
 
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from med42_ray.config import ConfigError, load_config
+from med42_ray.layout import TrainDir
 from med42_ray.train.checkpointing import CheckpointError, marker_name, restore
 from med42_ray.train.config import TrainConfig
 from med42_ray.train.metrics import MetricsLog, flops_per_token, read_metrics, superseded_path
-from med42_ray.train.trainer import cpus_per_worker, job_plan
+from med42_ray.train.trainer import cpus_per_worker, plan_job
 
 
 def test_defaults_follow_the_paper_and_the_strategy():
@@ -32,21 +35,49 @@ def test_bad_train_config_is_rejected_at_load():
         load_config(None, ["train.strategy=qlora"])
 
 
-def test_job_plan_drops_the_uneven_remainder_identically_on_every_worker():
-    cfg = TrainConfig(strategy="full", micro_batch_size=2, grad_accum=3, max_steps=None)
-    plan = job_plan(cfg, num_rows=101, world=2)  # 50 rows each -> 25 micro-batches -> 8 steps
-    assert plan == {"micro_per_epoch": 25, "steps_per_epoch": 8, "epochs": 3, "total_steps": 24}
-    assert job_plan(cfg.model_copy(update={"max_steps": 5}), 101, 2)["total_steps"] == 5
-    with pytest.raises(ConfigError, match="not enough data for one optimizer step"):
-        job_plan(cfg, num_rows=11, world=2)
+def _run_config(*overrides: str):
+    return load_config(None, ["train.strategy=full", "train.micro_batch_size=2", "train.grad_accum=3",
+                              "train.scaling.num_workers=2", *overrides])
+
+
+def test_job_plan_drops_the_uneven_remainder_identically_on_every_worker(tmp_path):
+    cfg = _run_config(f"run_dir={tmp_path}", "seed=7")
+    job = plan_job(cfg, {"seq_len": 512}, num_rows=101)  # 50 rows each -> 25 micro-batches -> 8 steps
+    assert (job.micro_per_epoch, job.steps_per_epoch, job.epochs, job.total_steps) == (25, 8, 3, 24)
+    assert (job.model, job.seed, job.seq_len, job.pad_id) == ("tiny-llama", 7, 512, 0)
+    assert job.outputs == TrainDir(tmp_path.resolve() / "train" / "full")
+    assert plan_job(_run_config("train.max_steps=5"), {"seq_len": 512}, 101).total_steps == 5
+    with pytest.raises(ConfigError, match="not enough data for one optimizer step: 11 packed rows over 2 workers"):
+        plan_job(cfg, {"seq_len": 512}, num_rows=11)
+
+
+def test_the_job_is_frozen_and_travels_to_the_workers_intact(tmp_path):
+    job = plan_job(_run_config(f"train.output_dir={tmp_path / 'out'}"), {"seq_len": 64}, num_rows=12)
+    assert pickle.loads(pickle.dumps(job)) == job  # Ray pickles train_loop_config to every worker
+    assert job.outputs.metrics == tmp_path / "out" / "metrics.jsonl"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.total_steps = 1
 
 
 def test_cpu_workers_leave_a_core_for_data_loading():
     cfg = TrainConfig()
-    assert cpus_per_worker(cfg, 2) == 0.5
+    assert cpus_per_worker(cfg, 2) == 0.5  # the test and demo shape: 2 CPUs, 2 workers
     assert cpus_per_worker(cfg, 16) == 1.0
-    with pytest.raises(ConfigError, match="not enough for 2 training workers"):
+    with pytest.raises(ConfigError, match="not enough for 2 training workers plus data loading"):
         cpus_per_worker(cfg, 1)
+
+
+def test_worker_cpus_are_floored_so_workers_never_ask_for_more_than_there_is():
+    three = TrainConfig(scaling={"num_workers": 3})
+    assert cpus_per_worker(three, 3) == 0.66  # 2 spare CPUs / 3; rounding would ask for 3 x 0.67
+    one = TrainConfig(scaling={"num_workers": 1})
+    assert cpus_per_worker(one, 1.13) == 0.13  # 100 * (1.13 - 1) is 12.99999999999999 in floats
+    # the sweep's trial holds some CPU itself: 2 CPUs - 1 for data - 0.01 for the trial, over 2 workers
+    assert cpus_per_worker(TrainConfig(), 2, reserved_cpus=0.01) == 0.49
+    with pytest.raises(ConfigError, match="not enough for 2 training workers, data loading and 0.01 reserved"):
+        cpus_per_worker(TrainConfig(), 1, reserved_cpus=0.01)
+    assert cpus_per_worker(TrainConfig(scaling={"cpus_per_worker": 0.25}), 1, reserved_cpus=0.5) == 0.25
+    assert cpus_per_worker(TrainConfig(scaling={"use_gpu": True}), 1) == 1.0
 
 
 def _fake_checkpoint(path, world, present, step=3):

@@ -2,7 +2,8 @@
 
 Each reader takes the root directory (laid out like shared/data/raw) and yields BenchmarkItems in
 file order. Ids are stable across runs: the dataset's own id where it has one, else the row.
-A malformed row raises BenchmarkFormatError naming the file, the row and the field.
+Rows are parsed by `med42_ray.parsers`, as the training readers parse them; a malformed row raises
+BenchmarkFormatError naming the file, the row and the field.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from med42_ray.benchmarks.images import headqa_needs_image
 from med42_ray.benchmarks.item import BenchmarkFormatError, BenchmarkItem
+from med42_ray.parsers import (PUBMEDQA_CHOICES, ParseError, headqa_exam_questions, parse_headqa, parse_medmcqa,
+                               parse_medqa, parse_mmlu, parse_pubmedqa, text)
 
-LETTERS = "ABCDEFGHIJ"
+T = TypeVar("T")
 
 MEDQA_TEST = "medqa/US/4_options/phrases_no_exclude_test.jsonl"
 MEDQA_DEV = "medqa/US/4_options/phrases_no_exclude_dev.jsonl"  # validation (sweep), never reported
@@ -31,14 +34,12 @@ def mmlu_test_file(subject: str) -> str:
     return f"mmlu/test/{subject}_test.csv"
 
 
-def _field(row: dict, name: str, path: Path, n: Any, kind: type | tuple = str) -> Any:
-    if name not in row or row[name] is None:
-        raise BenchmarkFormatError(path, n, name, "missing")
-    value = row[name]
-    if not isinstance(value, kind):
-        expected = "/".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
-        raise BenchmarkFormatError(path, n, name, f"expected {expected}, got {type(value).__name__}")
-    return value
+def _parsed(parse: Callable[..., T], path: Path, row: Any, *args: Any) -> T:
+    """`parse(*args)`, its ParseError named by file and row."""
+    try:
+        return parse(*args)
+    except ParseError as e:
+        raise BenchmarkFormatError.from_parse_error(path, row, e) from None
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -70,15 +71,8 @@ def load_medqa(root: Path, split: str = "test") -> Iterator[BenchmarkItem]:
     path = root / (MEDQA_TEST if split == "test" else MEDQA_DEV)
     name = "medqa_4options" if split == "test" else "medqa_4options_dev"
     for n, row in _jsonl(path):
-        options = _field(row, "options", path, n, dict)
-        letters = sorted(options)
-        if letters != list(LETTERS[:len(letters)]):
-            raise BenchmarkFormatError(path, n, "options", f"expected keys A, B, ...; got {letters}")
-        answer = _field(row, "answer_idx", path, n)
-        if answer not in options:
-            raise BenchmarkFormatError(path, n, "answer_idx", f"{answer!r} is not an option")
-        yield BenchmarkItem(name, f"{split}-{n:04d}", _field(row, "question", path, n),
-                            tuple(options[k] for k in letters), letters.index(answer),
+        mc = _parsed(parse_medqa, path, n, row)
+        yield BenchmarkItem(name, f"{split}-{n:04d}", mc.question, mc.options, mc.gold,
                             meta={"step": row.get("meta_info"), "needs_image": False})
 
 
@@ -86,24 +80,17 @@ def load_medmcqa(root: Path) -> Iterator[BenchmarkItem]:
     """MedMCQA dev (lm-eval's medmcqa test split is the validation = dev set); `cop` counts from 1."""
     path = root / MEDMCQA_DEV
     for n, row in _jsonl(path):
-        cop = _field(row, "cop", path, n, int)
-        if not 1 <= cop <= 4:
-            raise BenchmarkFormatError(path, n, "cop", f"expected 1..4, got {cop}")
-        choices = tuple(_field(row, k, path, n) for k in ("opa", "opb", "opc", "opd"))
-        yield BenchmarkItem("medmcqa", _field(row, "id", path, n), _field(row, "question", path, n),
-                            choices, cop - 1,
+        mc = _parsed(parse_medmcqa, path, n, row)
+        yield BenchmarkItem("medmcqa", _parsed(text, path, n, row, "id"), mc.question, mc.options, mc.gold,
                             meta={"subject": row.get("subject_name"), "choice_type": row.get("choice_type"),
                                   "needs_image": False})
-
-
-PUBMEDQA_CHOICES = ("yes", "no", "maybe")
 
 
 def load_pubmedqa(root: Path) -> Iterator[BenchmarkItem]:
     """PubMedQA PQA-L: the 500 test PMIDs of test_ground_truth.json, text from ori_pqal.json.
 
     `context` is the abstract without its conclusion, the CONTEXTS joined by newlines, exactly as
-    lm-eval's pubmedqa doc_to_text joins them.
+    lm-eval's pubmedqa doc_to_text joins them. The test label must be the row's final_decision.
     """
     ids_path, q_path = root / PUBMEDQA_TEST_IDS, root / PUBMEDQA_QUESTIONS
     truth = _json(ids_path)
@@ -115,11 +102,12 @@ def load_pubmedqa(root: Path) -> Iterator[BenchmarkItem]:
             raise BenchmarkFormatError(ids_path, pmid, "<value>", f"expected yes/no/maybe, got {label!r}")
         if pmid not in questions:
             raise BenchmarkFormatError(q_path, pmid, "<key>", "test PMID missing from ori_pqal.json")
-        row = questions[pmid]
-        contexts = _field(row, "CONTEXTS", q_path, pmid, list)
-        yield BenchmarkItem("pubmedqa", pmid, _field(row, "QUESTION", q_path, pmid), PUBMEDQA_CHOICES,
-                            PUBMEDQA_CHOICES.index(label), context="\n".join(contexts),
-                            meta={"year": row.get("YEAR"), "needs_image": False})
+        mc = _parsed(parse_pubmedqa, q_path, pmid, questions[pmid])
+        if mc.options[mc.gold] != label:
+            raise BenchmarkFormatError(q_path, pmid, "final_decision",
+                                       f"{mc.options[mc.gold]!r}, but {PUBMEDQA_TEST_IDS} says {label!r}")
+        yield BenchmarkItem("pubmedqa", pmid, mc.question, mc.options, mc.gold, context=mc.context,
+                            meta={"year": questions[pmid].get("YEAR"), "needs_image": False})
 
 
 def load_mmlu(root: Path, subject: str) -> Iterator[BenchmarkItem]:
@@ -127,12 +115,9 @@ def load_mmlu(root: Path, subject: str) -> Iterator[BenchmarkItem]:
     path = root / mmlu_test_file(subject)
     with path.open(encoding="utf-8", newline="") as f:
         for n, row in enumerate(csv.reader(f), start=1):
-            if len(row) != 6:
-                raise BenchmarkFormatError(path, n, "<row>", f"expected 6 columns, got {len(row)}")
-            if row[5] not in "ABCD" or len(row[5]) != 1:
-                raise BenchmarkFormatError(path, n, "answer", f"expected A-D, got {row[5]!r}")
-            yield BenchmarkItem(f"mmlu_{subject}", f"{subject}-test-{n:04d}", row[0], tuple(row[1:5]),
-                                "ABCD".index(row[5]), meta={"subject": subject, "needs_image": False})
+            mc = _parsed(parse_mmlu, path, n, row)
+            yield BenchmarkItem(f"mmlu_{subject}", f"{subject}-test-{n:04d}", mc.question, mc.options, mc.gold,
+                                meta={"subject": subject, "needs_image": False})
 
 
 def load_headqa(root: Path) -> Iterator[BenchmarkItem]:
@@ -144,15 +129,10 @@ def load_headqa(root: Path) -> Iterator[BenchmarkItem]:
     if not isinstance(exams, dict):
         raise BenchmarkFormatError(path, "-", "exams", "missing or not an object")
     for exam_name, exam in exams.items():
-        for n, q in enumerate(_field(exam, "data", path, exam_name, list), start=1):
+        for n, q in enumerate(_parsed(headqa_exam_questions, path, exam_name, exam_name, exam), start=1):
             where = f"{exam_name}[{n}]"
-            answers = sorted(_field(q, "answers", path, where, list), key=lambda a: int(a["aid"]))
-            aids = [int(a["aid"]) for a in answers]
-            ra = int(_field(q, "ra", path, where, (str, int)))
-            if ra not in aids:
-                raise BenchmarkFormatError(path, where, "ra", f"{ra} is not an answer aid {aids}")
-            yield BenchmarkItem("headqa_en", f"{exam_name}-{_field(q, 'qid', path, where, (str, int))}",
-                                _field(q, "qtext", path, where), tuple(a["atext"] for a in answers),
-                                aids.index(ra),
+            mc = _parsed(parse_headqa, path, where, q)
+            yield BenchmarkItem("headqa_en", f"{exam_name}-{_parsed(text, path, where, q, 'qid')}", mc.question,
+                                mc.options, mc.gold,
                                 meta={"subject": exam.get("category"), "year": exam.get("year"),
-                                      "needs_image": headqa_needs_image(str(q.get("image") or ""), q["qtext"])})
+                                      "needs_image": headqa_needs_image(str(q.get("image") or ""), mc.question)})

@@ -7,6 +7,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from med42_ray.parsers import ParseError
+
 
 @dataclass(frozen=True)
 class BenchmarkItem:
@@ -57,3 +59,8 @@ class BenchmarkFormatError(ValueError):
     def __init__(self, path: Path | str, row: Any, field_name: str, problem: str):
         super().__init__(f"{path}: row {row}: field {field_name!r}: {problem}")
         self.path, self.row, self.field = str(path), row, field_name
+
+    @classmethod
+    def from_parse_error(cls, path: Path | str, row: Any, error: ParseError) -> "BenchmarkFormatError":
+        """The parser's complaint about one row, named by file and row ('<row>': the whole row)."""
+        return cls(path, row, error.field or "<row>", error.problem)

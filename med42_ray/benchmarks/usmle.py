@@ -37,6 +37,8 @@ from typing import Iterator
 from med42_ray.benchmarks.images import usmle_needs_image
 from med42_ray.benchmarks.item import BenchmarkFormatError, BenchmarkItem
 from med42_ray.cache import cache_root
+from med42_ray.parsers import ParseError, optional_text, parse_usmle_inline, record, split_inline_options, text
+from med42_ray.records import LETTERS
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +179,7 @@ def load_pdf_step(root: Path, step: str) -> Iterator[BenchmarkItem]:
         # Options printed only as labels inside a figure: keep the letters so the item is still
         # indexed for decontamination; it needs the image, so it is never scored.
         in_figure = not it["options"]
-        choices = tuple(it["options"]) or tuple("ABCDEFGHIJ"[:max(5, gold + 1)])
+        choices = tuple(it["options"]) or tuple(LETTERS[:max(5, gold + 1)])
         if gold >= len(choices):
             raise BenchmarkFormatError(path, number, "answer key", f"{chr(65 + gold)} but {len(choices)} options")
         yield BenchmarkItem("usmle_sample_exam", f"{step}-{number:03d}", question, choices, gold,
@@ -186,31 +188,8 @@ def load_pdf_step(root: Path, step: str) -> Iterator[BenchmarkItem]:
                                   "needs_image": in_figure or number in exhibits or usmle_needs_image(question)})
 
 
-_INLINE_OPTION = re.compile(r"(?:^|\s)([A-J]):\s")
-
-
-def split_inline_options(text: str, path: Path, row: int) -> tuple[str, tuple[str, ...]]:
-    """'<stem> Options: A: x B: y ...' -> (stem, (x, y, ...)). Letters must run A, B, C... in order,
-    which tells a real option marker from a stray 'B: ' inside an option."""
-    if "Options:" not in text:
-        raise BenchmarkFormatError(path, row, "question", "no 'Options:' section")
-    stem, opts = text.rsplit("Options:", 1)
-    choices, pos, want = [], 0, 0
-    starts = []
-    for m in _INLINE_OPTION.finditer(opts):
-        if ord(m.group(1)) - ord("A") == want:
-            starts.append((m.start(1), m.end()))
-            want += 1
-    if len(starts) < 2:
-        raise BenchmarkFormatError(path, row, "question", "fewer than two inline options")
-    for i, (s, e) in enumerate(starts):
-        end = starts[i + 1][0] if i + 1 < len(starts) else len(opts)
-        choices.append(opts[e:end].strip())
-    return _clean(stem.splitlines()), tuple(choices)
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", text.lower())
+def _norm(value: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", value.lower())
 
 
 def load_jsonl(root: Path, benchmark: str) -> Iterator[BenchmarkItem]:
@@ -228,23 +207,38 @@ def load_jsonl(root: Path, benchmark: str) -> Iterator[BenchmarkItem]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise BenchmarkFormatError(path, n, "<line>", f"not JSON: {e}") from None
-        question, choices = split_inline_options(row.get("question") or "", path, n)
-        answer = (row.get("answer") or "").strip()
+        question, choices, gold = _jsonl_item(row, path, n)
         step = steps[n - 1]
         counters[step] += 1
         meta = {"step": step, "source": "jsonl", "line": n, "needs_image": usmle_needs_image(question)}
-        if not any(choices) and not answer:
-            # 3 items whose options are labels in a figure: MedAlpaca kept empty options and no
-            # answer. Kept (decontamination indexes the stem) with letters and gold -1: never scored.
-            choices, gold = tuple("ABCDEFGHIJ"[:len(choices)]), -1
+        if gold < 0:
             meta.update(needs_image=True, options_in_figure=True)
-        else:
-            matches = [i for i, c in enumerate(choices) if c == answer] or \
-                      [i for i, c in enumerate(choices) if _norm(c) == _norm(answer)]
-            if len(matches) != 1:
-                raise BenchmarkFormatError(path, n, "answer", f"{answer!r} matches {len(matches)} options")
-            gold = matches[0]
         yield BenchmarkItem(benchmark, f"{step}-{counters[step]:03d}", question, choices, gold, meta=meta)
+
+
+def _jsonl_item(row: dict, path: Path, n: int) -> tuple[str, tuple[str, ...], int]:
+    """(question, its whitespace runs made single spaces; choices; gold) of one JSONL row."""
+    try:
+        parsed = parse_usmle_inline(row)
+    except ParseError as e:
+        in_figure = _options_in_figure(row)
+        if in_figure is None:
+            raise BenchmarkFormatError.from_parse_error(path, n, e) from None
+        return in_figure
+    return _clean([parsed.question]), parsed.options, parsed.gold
+
+
+def _options_in_figure(row: dict) -> tuple[str, tuple[str, ...], int] | None:
+    """3 items have their options as labels in a figure: MedAlpaca kept empty options and no answer.
+    They are kept (decontamination indexes the stem) with letters for choices and gold -1: never
+    scored. None for any other row the parser rejects."""
+    try:
+        stem, options = split_inline_options(text(record(row), "question"))
+        if any(options) or optional_text(row, "answer").strip():
+            return None
+    except ParseError:
+        return None
+    return _clean([stem]), tuple(LETTERS[:len(options)]), -1
 
 
 def pdfs_present(root: Path) -> bool:

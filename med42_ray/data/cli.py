@@ -6,6 +6,13 @@ import argparse
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    """build the decontaminated, tokenised, packed training mixture (Ray Data)
+
+    Read every source of the mixture, normalise it to one chat schema, drop rows that repeat
+    another row or overlap an evaluation benchmark, sample by weight, apply the chat template,
+    tokenise with the loss masked to the answers, pack, and write Parquet shards, manifest.json,
+    contamination.jsonl and rejects/. With no --config it runs the embedded sample mixture offline.
+    """
     from med42_ray.cli import load_from_args
     from med42_ray.data.pipeline import run_prepare
 
@@ -17,14 +24,4 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     from med42_ray.cli import add_command
 
-    add_command(
-        sub, "prepare", cmd_prepare,
-        help="build the decontaminated, tokenised, packed training mixture (Ray Data)",
-        description=(
-            "Read every source of the mixture, normalise it to one chat schema, drop rows that "
-            "repeat another row or overlap an evaluation benchmark, sample by weight, apply the "
-            "chat template, tokenise with the loss masked to the answers, pack, and write Parquet "
-            "shards, manifest.json, contamination.jsonl and rejects/. With no --config it runs "
-            "the embedded sample mixture offline."
-        ),
-    )
+    add_command(sub, "prepare", cmd_prepare)

@@ -6,10 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from med42_ray.data.template import MED42_SYSTEM_PROMPT
 from med42_ray.strict_model import StrictModel, require_unique
-
-# Med42 (v1) model card: "<|system|>: {system}\n<|prompter|>:{prompt}\n<|assistant|>:".
-MED42_SYSTEM_PROMPT = "You are a helpful medical assistant created by M42 Health in the UAE."
 
 
 class SourceConfig(StrictModel):

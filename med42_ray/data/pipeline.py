@@ -20,13 +20,19 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from med42_ray.config import ConfigError, RunConfig, resolve_path
 from med42_ray.data import steps
+from med42_ray.errors import ConfigError
+from med42_ray.layout import PreparedDir, prepared_dir_for
+from med42_ray.paths import resolve_path
+
+if TYPE_CHECKING:  # annotations only: a stage never imports the config composition at run time
+    from med42_ray.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,7 @@ class AccountingError(RuntimeError):
 class PreparePlan:
     """Everything `prepare` needs, resolved and checked on the driver before Ray starts."""
 
-    output_dir: Path
+    output: PreparedDir
     read_tasks: list[dict]
     input_bytes: int
     tokenizer_path: str
@@ -84,9 +90,8 @@ def plan_prepare(cfg: RunConfig) -> PreparePlan:
     except (OSError, ValueError) as e:
         raise ConfigError(f"tokenizer {tokenizer_path!r} cannot be used: {e}") from None
 
-    out = Path(p.output_dir) if p.output_dir else Path(cfg.run_dir) / "prepared"
     return PreparePlan(
-        output_dir=out,
+        output=prepared_dir_for(cfg),
         read_tasks=tasks,
         input_bytes=sum(t["end"] - t["start"] for t in tasks),
         tokenizer_path=tokenizer_path,
@@ -108,10 +113,10 @@ def run_prepare(cfg: RunConfig) -> dict:
     plan = plan_prepare(cfg)
     log.info("planned in %.1fs", time.time() - started)
     p = cfg.prepare
-    out = plan.output_dir
-    for sub in ("ledger", "shards", "rejects"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    out = plan.output
+    for sub in (out.ledger, out.shards, out.rejects):
+        shutil.rmtree(sub, ignore_errors=True)
+    out.root.mkdir(parents=True, exist_ok=True)
 
     index = ContaminationIndex.build(plan.benchmark_items, n=p.ngram)
     print(f"decontamination index: {index.stats['items']} items from {len(plan.benchmark_counts)} benchmarks, "
@@ -123,6 +128,10 @@ def run_prepare(cfg: RunConfig) -> dict:
     # Task-based sort shuffle for the dedup groupby: the hash shuffle's aggregator actors outlive
     # the stage and hold CPUs that the packing stage then waits for.
     ctx.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    # Blocks keep their input order through both programs. Without it the ledger's files, and so
+    # the order in which kept rows reach the packer, follow task completion: the same seed packed
+    # different sequences on every run (the demo's numbers changed from run to run).
+    ctx.execution_options.preserve_order = True
     index_ref = ray.put(index)
     weights = {s.name: s.weight for s in p.sources}
     source_rank = {s.name: i for i, s in enumerate(p.sources)}
@@ -145,14 +154,14 @@ def run_prepare(cfg: RunConfig) -> dict:
     ds = ds.map_batches(steps.tokenise, batch_format="pyarrow", fn_kwargs={
         "tokenizer_path": plan.tokenizer_path, "template": p.template, "system_prompt": p.system_prompt,
         "seq_len": p.seq_len, "overlong": p.overlong})
-    ds.write_parquet(str(out / "ledger"))
+    ds.write_parquet(str(out.ledger))
 
     # Stage 2: pack the kept rows.
-    kept = ray.data.read_parquet(str(out / "ledger")).filter(expr=col("status") == "kept")
+    kept = ray.data.read_parquet(str(out.ledger)).filter(expr=col("status") == "kept")
     kept = kept.select_columns(["source", "input_ids", "labels", "copies"])
     packed = kept.map_batches(steps.pack_batch, batch_size=p.pack_window, batch_format="pyarrow",
                               fn_kwargs={"seq_len": p.seq_len})
-    packed.write_parquet(str(out / "shards"), min_rows_per_file=p.rows_per_shard)
+    packed.write_parquet(str(out.shards), min_rows_per_file=p.rows_per_shard)
 
     manifest = write_reports(cfg, plan, index.stats, time.time() - started)
     print_summary(manifest)
@@ -220,23 +229,23 @@ def check_accounting(per: dict[str, dict], ledger: pa.Table) -> None:
 
 
 def write_reports(cfg: RunConfig, plan: PreparePlan, index_stats: dict, seconds: float) -> dict:
-    out = plan.output_dir
-    ledger = _read(out / "ledger", [f.name for f in steps.LEDGER_SCHEMA if f.name not in ("input_ids", "labels")])
-    shards_table = _read(out / "shards", ["num_tokens", "doc_sources", "doc_tokens", "doc_trainable"])
+    out = plan.output
+    ledger = _read(out.ledger, [f.name for f in steps.LEDGER_SCHEMA if f.name not in ("input_ids", "labels")])
+    shards_table = _read(out.shards, ["num_tokens", "doc_sources", "doc_tokens", "doc_trainable"])
     per = count_sources(ledger, shards_table)
     check_accounting(per, ledger)
 
-    _write_jsonl(out / "contamination.jsonl", ledger.filter(pc.equal(ledger["status"], "contaminated")),
+    _write_jsonl(out.contamination, ledger.filter(pc.equal(ledger["status"], "contaminated")),
                  {"id": "id", "source": "source", "file": "file", "row": "row", "benchmark": "reason",
                   "item_id": "match_item", "rule": "match_rule", "coverage": "match_coverage",
                   "matching_text": "match_text"})
-    (out / "rejects").mkdir(exist_ok=True)
-    _write_jsonl(out / "rejects" / "rejects.jsonl", ledger.filter(pc.equal(ledger["status"], "rejected")),
+    out.rejects.mkdir(exist_ok=True)
+    _write_jsonl(out.rejects_file, ledger.filter(pc.equal(ledger["status"], "rejected")),
                  {"file": "file", "row": "row", "source": "source", "reason": "reason", "detail": "detail", "id": "id"})
-    _write_jsonl(out / "rejects" / "duplicates.jsonl", ledger.filter(pc.equal(ledger["status"], "duplicate")),
+    _write_jsonl(out.duplicates_file, ledger.filter(pc.equal(ledger["status"], "duplicate")),
                  {"file": "file", "row": "row", "source": "source", "id": "id", "detail": "detail"})
 
-    shard_files = sorted(str(f.relative_to(out)) for f in (out / "shards").glob("*.parquet"))
+    shard_files = sorted(str(f.relative_to(out.root)) for f in out.shards.glob("*.parquet"))
     n_tokens = pc.sum(shards_table["num_tokens"]).as_py() or 0
     sources = {}
     for src in cfg.prepare.sources:
@@ -266,7 +275,7 @@ def write_reports(cfg: RunConfig, plan: PreparePlan, index_stats: dict, seconds:
         "seconds": round(seconds, 1),
         "config": cfg.model_dump(mode="json"),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    out.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

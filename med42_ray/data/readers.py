@@ -15,7 +15,8 @@ Bad rows never raise: they come out as reject dicts, so the pipeline can count a
 Only a missing file or an unknown format raises, before any work starts.
 
 Two layers keep this readable:
-- a *row mapper* per format, `raw row -> messages`, raising `RowError(reason, detail)`;
+- a *row mapper* per format, `raw row -> messages`, raising `ParseError` (a reason code and a detail); the
+  multiple-choice formats parse with `med42_ray.parsers` (shared with the benchmark registry);
 - a *layout* per file shape, iterating raw rows: "records" (JSON lines, or a JSON array, sniffed
   from the first byte), "csv", "dict_values" (a JSON object of id -> record, PubMedQA) and
   "headqa" (HEAD-QA's exams -> questions). JSON documents stream with ijson, never json.load.
@@ -33,23 +34,18 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import ijson
 
-from med42_ray.records import LETTERS, ROLES, format_mc_answer, format_multiple_choice
+from med42_ray.parsers import (MultipleChoice, ParseError, headqa_exam_questions, items, optional_text, parse_headqa,
+                               parse_medmcqa, parse_medqa, parse_mmlu, parse_pubmedqa, parse_usmle_inline, record,
+                               text)
+from med42_ray.paths import resolve_path
+from med42_ray.records import ROLES, format_mc_answer, format_multiple_choice
 
 MiB = 1 << 20
 _BLOCK = 8 * MiB  # read size when scanning a file for cut points
-
-
-class RowError(Exception):
-    """A row that cannot become a chat record: `reason` is a short code, `detail` says why."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,38 +53,17 @@ class RowError(Exception):
 # --------------------------------------------------------------------------------------------
 
 def _field(row: dict, name: str, *, optional: bool = False) -> str:
-    """A non-empty string field (stripped); '' for an absent/empty optional one."""
-    if name not in row or row[name] is None:
-        if optional:
-            return ""
-        raise RowError("missing_field", f"field {name!r} is missing")
-    value = row[name]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)  # MedMCQA has a few numeric options, e.g. 4
-    if not isinstance(value, str):
-        raise RowError("unsupported_shape", f"field {name!r} should be text, got {type(value).__name__}")
-    value = value.strip()
-    if not value and not optional:
-        raise RowError("empty_field", f"field {name!r} is empty")
-    return value
-
-
-def _list(row: dict, name: str) -> list:
-    if name not in row or row[name] is None:
-        raise RowError("missing_field", f"field {name!r} is missing")
-    if not isinstance(row[name], list):
-        raise RowError("unsupported_shape", f"field {name!r} should be a list, got {type(row[name]).__name__}")
-    if not row[name]:
-        raise RowError("empty_field", f"field {name!r} is empty")
-    return row[name]
+    """A non-empty text field, stripped; '' for an absent/empty optional one."""
+    return (optional_text(row, name) if optional else text(row, name)).strip()
 
 
 def _turns(user: str, assistant: str) -> list[dict]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
 
 
-def _mc(question: str, options: Sequence[str], gold: int) -> list[dict]:
-    return _turns(format_multiple_choice(question, options), format_mc_answer(options, gold))
+def _mc(parsed: MultipleChoice) -> list[dict]:
+    return _turns(format_multiple_choice(parsed.question, parsed.options),
+                  format_mc_answer(parsed.options, parsed.gold))
 
 
 def _with_input(instruction: str, extra: str) -> str:
@@ -100,15 +75,16 @@ def _checked_chat(messages: list[dict], field: str) -> list[dict]:
     """Validate a multi-turn conversation: known roles, text in every turn, an answer at the end."""
     for i, m in enumerate(messages):
         if m["role"] not in ROLES:
-            raise RowError("bad_role", f"{field}[{i}]: unknown role {m['role']!r}")
+            raise ParseError("bad_role", None, f"{field}[{i}]: unknown role {m['role']!r}")
         if not isinstance(m["content"], str):
-            raise RowError("unsupported_shape", f"{field}[{i}]: content should be text")
+            raise ParseError("unsupported_shape", None, f"{field}[{i}]: content should be text")
         if not m["content"].strip():
-            raise RowError("empty_field", f"{field}[{i}]: content is empty")
+            raise ParseError("empty_field", None, f"{field}[{i}]: content is empty")
     if not any(m["role"] == "user" for m in messages):
-        raise RowError("unsupported_shape", f"{field}: no user turn")
+        raise ParseError("unsupported_shape", None, f"{field}: no user turn")
     if messages[-1]["role"] != "assistant":
-        raise RowError("unsupported_shape", f"{field}: the last turn is {messages[-1]['role']!r}, not an assistant answer")
+        raise ParseError("unsupported_shape", None,
+                         f"{field}: the last turn is {messages[-1]['role']!r}, not an assistant answer")
     return messages
 
 
@@ -117,123 +93,38 @@ def _checked_chat(messages: list[dict], field: str) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 def medqa(row: dict) -> list[dict]:
-    """MedQA (4 or 5 options): options {A..E}, answer_idx a letter, answer the option's text."""
-    question = _field(row, "question")
-    raw_options = row.get("options")
-    if not isinstance(raw_options, dict) or not raw_options:
-        raise RowError("missing_field" if raw_options is None else "unsupported_shape",
-                       "field 'options' should be a mapping of letters to options")
-    letters = sorted(raw_options)
-    if letters != list(LETTERS[: len(letters)]):
-        raise RowError("unsupported_shape", f"field 'options' has keys {letters}, expected A, B, ...")
-    options = [_field(raw_options, k) for k in letters]
-    key = _field(row, "answer_idx")
-    if key not in raw_options:
-        raise RowError("bad_answer_key", f"field 'answer_idx' is {key!r}, not one of {', '.join(letters)}")
-    answer = _field(row, "answer", optional=True)
-    if answer and answer != options[letters.index(key)]:
-        raise RowError("bad_answer_key", f"field 'answer' {answer!r} is not option {key} {options[letters.index(key)]!r}")
-    return _mc(question, options, letters.index(key))
-
-
-MEDMCQA_OPTIONS = ("opa", "opb", "opc", "opd")
+    return _mc(parse_medqa(row))
 
 
 def medmcqa(row: dict) -> list[dict]:
-    """MedMCQA: opa..opd, cop counts from 1 (1 = opa)."""
-    question = _field(row, "question")
-    options = [_field(row, k) for k in MEDMCQA_OPTIONS]
-    cop = row.get("cop")
-    if cop is None:
-        raise RowError("missing_field", "field 'cop' is missing")
-    if isinstance(cop, bool) or not isinstance(cop, (int, str)) or str(cop).strip() not in {"1", "2", "3", "4"}:
-        raise RowError("bad_answer_key", f"field 'cop' is {cop!r}, expected 1-4 (1 = opa)")
-    return _mc(question, options, int(cop) - 1)
-
-
-PUBMEDQA_DECISIONS = ("yes", "no", "maybe")
+    return _mc(parse_medmcqa(row))
 
 
 def pubmedqa(row: dict) -> list[dict]:
     """PubMedQA PQA-L. The user sees the abstract (its labelled sections) and the question, as in
     the benchmark; the answer is the decision first, then the abstract's conclusion (LONG_ANSWER),
     so a tuned model learns to lead with yes/no/maybe and then justify it."""
-    question = _field(row, "QUESTION")
-    contexts = [c.strip() for c in _list(row, "CONTEXTS") if isinstance(c, str) and c.strip()]
-    if not contexts:
-        raise RowError("empty_field", "field 'CONTEXTS' has no text")
-    labels = row.get("LABELS") or []
-    if isinstance(labels, list) and len(labels) == len(contexts):
-        contexts = [f"{str(lab).strip().upper()}: {c}" if lab else c for lab, c in zip(labels, contexts)]
-    decision = _field(row, "final_decision").lower()
-    if decision not in PUBMEDQA_DECISIONS:
-        raise RowError("bad_answer_key", f"field 'final_decision' is {decision!r}, expected yes, no or maybe")
-    long_answer = _field(row, "LONG_ANSWER", optional=True)
-    answer = decision.capitalize() + "." + (f" {long_answer}" if long_answer else "")
-    return _turns("Abstract:\n" + "\n".join(contexts) + f"\n\nQuestion: {question}", answer)
-
-
-MMLU_COLUMNS = ("question", "A", "B", "C", "D", "answer")
+    parsed = parse_pubmedqa(row)
+    abstract = "\n".join(f"{label}: {section}" if label else section for label, section in parsed.sections)
+    decision = parsed.options[parsed.gold].capitalize() + "."
+    answer = f"{decision} {parsed.long_answer}" if parsed.long_answer else decision
+    return _turns(f"Abstract:\n{abstract}\n\nQuestion: {parsed.question.strip()}", answer)
 
 
 def mmlu(row: list) -> list[dict]:
-    """MMLU: headerless CSV question,A,B,C,D,answer."""
-    if len(row) != len(MMLU_COLUMNS):
-        raise RowError("malformed_csv", f"expected {len(MMLU_COLUMNS)} columns ({','.join(MMLU_COLUMNS)}), got {len(row)}")
-    fields = dict(zip(MMLU_COLUMNS, row))
-    question = _field(fields, "question")
-    options = [_field(fields, k) for k in "ABCD"]
-    key = _field(fields, "answer").upper()
-    if key not in {"A", "B", "C", "D"}:
-        raise RowError("bad_answer_key", f"field 'answer' is {fields['answer']!r}, expected A, B, C or D")
-    return _mc(question, options, "ABCD".index(key))
+    return _mc(parse_mmlu(row))
 
 
 def headqa(row: dict) -> list[dict]:
-    """HEAD-QA question: answers [{aid, atext}], ra = aid of the right answer. Questions that
-    show an image cannot be answered from text, so they are no use as training data."""
+    """Questions that show an image cannot be answered from text, so they are no use as training
+    data (the benchmark keeps them, flagged needs_image)."""
     if _field(row, "image", optional=True):
-        raise RowError("needs_image", f"question shows an image ({row['image']})")
-    question = _field(row, "qtext")
-    answers = _list(row, "answers")
-    try:
-        answers = sorted(answers, key=lambda a: int(a["aid"]))
-        aids = [int(a["aid"]) for a in answers]
-    except (KeyError, TypeError, ValueError):
-        raise RowError("unsupported_shape", "field 'answers' should hold {aid, atext} items") from None
-    options = [_field(a, "atext") for a in answers]
-    ra = _field(row, "ra")
-    if not ra.isdigit() or int(ra) not in aids:
-        raise RowError("bad_answer_key", f"field 'ra' is {ra!r}, not one of the answer ids {aids}")
-    return _mc(question, options, aids.index(int(ra)))
-
-
-_OPTIONS_MARK = "Options:"
-_INLINE_OPTION = re.compile(r"(?:^|\s)([A-Z]): ")
+        raise ParseError("needs_image", None, f"question shows an image ({row['image']})")
+    return _mc(parse_headqa(row))
 
 
 def usmle_self_assessment(row: dict) -> list[dict]:
-    """USMLE self assessment (derived JSONL): options are inline after 'Options:' as
-    'A: ... B: ...', and the answer is the option's text, which is mapped back to its letter."""
-    text = _field(row, "question")
-    cut = text.rfind(_OPTIONS_MARK)
-    if cut < 0:
-        raise RowError("unsupported_shape", "field 'question' has no 'Options:' list")
-    stem, tail = text[:cut].strip(), text[cut + len(_OPTIONS_MARK):]
-    parts = _INLINE_OPTION.split(tail)  # ['', 'A', 'text', 'B', 'text', ...]
-    letters, options = parts[1::2], [p.strip() for p in parts[2::2]]
-    if len(letters) < 2 or letters != list(LETTERS[: len(letters)]) or parts[0].strip():
-        raise RowError("unsupported_shape", "field 'question': cannot read the 'A: ... B: ...' options")
-    if not all(options):  # a few items had their options in a table or picture that was dropped
-        empty = ", ".join(letter for letter, o in zip(letters, options) if not o)
-        raise RowError("empty_field", f"field 'question': option(s) {empty} have no text")
-    if not stem:
-        raise RowError("empty_field", "field 'question' has no stem before 'Options:'")
-    answer = _field(row, "answer")
-    matches = [i for i, o in enumerate(options) if o == answer]
-    if len(matches) != 1:
-        raise RowError("bad_answer_key", f"field 'answer' {answer!r} matches {len(matches)} of the options")
-    return _mc(stem, options, matches[0])
+    return _mc(parse_usmle_inline(row))
 
 
 def alpaca(row: dict) -> list[dict]:
@@ -262,15 +153,15 @@ def prompt_response(row: dict) -> list[dict]:
     if wrapped:
         prompt = _with_input(wrapped["instruction"].strip(), (wrapped["input"] or "").strip())
         if not prompt:
-            raise RowError("empty_field", "field 'prompt' wraps an empty instruction")
+            raise ParseError("empty_field", None, "field 'prompt' wraps an empty instruction")
     return _turns(prompt, _field(row, "response"))
 
 
 def chat(row: dict) -> list[dict]:
     """{"messages": [{role, content}, ...]} (OpenAI / HF chat style)."""
-    turns = _list(row, "messages")
+    turns = items(row, "messages")
     if not all(isinstance(t, dict) and "role" in t and "content" in t for t in turns):
-        raise RowError("unsupported_shape", "field 'messages' should hold {role, content} items")
+        raise ParseError("unsupported_shape", None, "field 'messages' should hold {role, content} items")
     return _checked_chat([{"role": t["role"], "content": t["content"]} for t in turns], "messages")
 
 
@@ -280,9 +171,9 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user",
 
 def sharegpt(row: dict) -> list[dict]:
     """{"conversations": [{from: human/gpt/system, value}, ...]}."""
-    turns = _list(row, "conversations")
+    turns = items(row, "conversations")
     if not all(isinstance(t, dict) and "from" in t and "value" in t for t in turns):
-        raise RowError("unsupported_shape", "field 'conversations' should hold {from, value} items")
+        raise ParseError("unsupported_shape", None, "field 'conversations' should hold {from, value} items")
     messages = [{"role": SHAREGPT_ROLES.get(str(t["from"]).lower(), str(t["from"])), "content": t["value"]}
                 for t in turns]
     return _checked_chat(messages, "conversations")
@@ -332,10 +223,8 @@ def _out(source: str, path: Path, row: int, messages: list[dict] | None = None,
 def _mapped(reader: Reader, source: str, path: Path, row: int, raw: Any) -> dict:
     """Apply a format's mapper; any failure becomes a reject dict, never an exception."""
     try:
-        if reader.layout != "csv" and not isinstance(raw, dict):
-            raise RowError("unsupported_shape", f"expected a JSON object, got {type(raw).__name__}")
-        return _out(source, path, row, reader.to_messages(raw))
-    except RowError as e:
+        return _out(source, path, row, reader.to_messages(raw if reader.layout == "csv" else record(raw)))
+    except ParseError as e:
         return _out(source, path, row, reject=e.reason, detail=e.detail)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # shapes we did not foresee
         return _out(source, path, row, reject="unsupported_shape", detail=f"{type(e).__name__}: {e}")
@@ -489,9 +378,7 @@ def _json_elements(f, layout: str) -> Iterator[Any]:
             yield value
     elif layout == "headqa":  # {"exams": {name: {"data": [question, ...]}}}; one exam in memory at a time
         for name, exam in ijson.kvitems(f, "exams", use_float=True):
-            if not isinstance(exam, dict) or not isinstance(exam.get("data"), list):
-                raise RowError("unsupported_shape", f"exam {name!r} has no 'data' list of questions")
-            yield from exam["data"]
+            yield from headqa_exam_questions(name, exam)
     else:
         raise ValueError(f"unknown layout {layout!r}")
 
@@ -512,9 +399,9 @@ def _iter_json_document(task: dict, layout: str) -> Iterator[tuple[int, Any, str
         try:
             for n, element in enumerate(_json_elements(f, layout), start=1):
                 yield n, element, None, None
-        except RowError as e:
+        except ParseError as e:
             yield n + 1, None, e.reason, e.detail
-        except UnicodeDecodeError as e:
+        except UnicodeDecodeError:
             yield n + 1, None, "non_utf8", f"invalid UTF-8 after element {n}; the rest of the file is unread"
         except ijson.JSONError as e:  # a broken document cannot be resynchronised: stop here
             message = _first_line(e)
@@ -591,8 +478,6 @@ def iter_rows(path: Path, fmt: str, source: str) -> Iterator[dict]:
 def expand_source_paths(pattern: str) -> list[Path]:
     """A file, or a glob of files ('**' allowed; 'pkg://' for files shipped in the package),
     sorted. Raises FileNotFoundError naming the pattern when nothing matches."""
-    from med42_ray.config import resolve_path  # late: config imports this package's config
-
     resolved = str(resolve_path(pattern))
     if glob.has_magic(resolved):
         paths = sorted(Path(p) for p in glob.glob(resolved, recursive=True) if Path(p).is_file())

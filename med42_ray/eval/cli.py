@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from med42_ray.config import ConfigError
+from med42_ray.errors import ConfigError
 
 
 def _model_spec(text: str) -> dict:
@@ -18,20 +18,19 @@ def _model_spec(text: str) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """zero-shot medical benchmarks (lm-evaluation-harness protocol) on a pool of Ray actors
+
+    Score MedQA, MedMCQA, PubMedQA, the six clinical MMLU subjects, HEAD-QA and the USMLE sample
+    items by the log-likelihood of each choice, as lm-evaluation-harness 0.4 does, on a pool of
+    Ray actors per model. Writes results.json, samples/<benchmark>.jsonl per model, and a
+    comparison table (Markdown + PNG) with Med42-70B's published numbers. With no options it
+    evaluates the embedded tiny model on the embedded sample benchmarks.
+    """
     from med42_ray.cli import load_from_args
     from med42_ray.eval.run import run_evaluate
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    extra = []
-    for flag, key in (("benchmarks_dir", "evaluate.benchmarks_dir"), ("protocol", "evaluate.protocol"),
-                      ("num_actors", "evaluate.num_actors"), ("limit", "evaluate.limit"),
-                      ("output_dir", "evaluate.output_dir")):
-        value = getattr(args, flag)
-        if value is not None:
-            extra.append(f"{key}={value}")
-    if args.benchmarks:
-        extra.append(f"evaluate.benchmarks=[{','.join(args.benchmarks.split(','))}]")
-    cfg = load_from_args(args, extra)
+    cfg = load_from_args(args)
     if args.compare_model:  # the run's own model first, then the others
         from med42_ray.eval.run import default_model_name
 
@@ -45,28 +44,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from med42_ray.cli import add_command
+    from med42_ray.cli import add_command, add_config_flag, comma_list
 
-    p = add_command(
-        sub, "evaluate", cmd_evaluate,
-        help="zero-shot medical benchmarks (lm-evaluation-harness protocol) on a pool of Ray actors",
-        description=(
-            "Score MedQA, MedMCQA, PubMedQA, the six clinical MMLU subjects, HEAD-QA and the USMLE "
-            "sample items by the log-likelihood of each choice, as lm-evaluation-harness 0.4 does, on "
-            "a pool of Ray actors per model. Writes results.json, samples/<benchmark>.jsonl per model, "
-            "and a comparison table (Markdown + PNG) with Med42-70B's published numbers. With no "
-            "options it evaluates the embedded tiny model on the embedded sample benchmarks."
-        ),
-    )
+    p = add_command(sub, "evaluate", cmd_evaluate)
     p.add_argument("--adapter", default=None, help="LoRA adapter directory for --model (peft, not merged)")
-    p.add_argument("--benchmarks-dir", default=None,
-                   help="root laid out like shared/data/raw (default: the embedded sample)")
-    p.add_argument("--benchmarks", default=None, help="comma-separated benchmark names (default: all found)")
-    p.add_argument("--protocol", choices=["harness", "med42_chat", "full_text"], default=None,
-                   help="prompt and scoring protocol (default: harness)")
-    p.add_argument("--num-actors", type=int, default=None, help="scoring actors per model")
-    p.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
-    p.add_argument("--output-dir", default=None, help="where results go (default: <run_dir>/eval)")
+    add_config_flag(p, "--benchmarks-dir", "evaluate.benchmarks_dir",
+                    help="root laid out like shared/data/raw (default: the embedded sample)")
+    add_config_flag(p, "--benchmarks", "evaluate.benchmarks", type=comma_list,
+                    help="comma-separated benchmark names (default: all found)")
+    add_config_flag(p, "--protocol", "evaluate.protocol", choices=["harness", "med42_chat", "full_text"],
+                    help="prompt and scoring protocol (default: harness)")
+    add_config_flag(p, "--num-actors", "evaluate.num_actors", type=int, help="scoring actors per model")
+    add_config_flag(p, "--limit", "evaluate.limit", type=int, help="first N questions of each benchmark")
+    add_config_flag(p, "--output-dir", "evaluate.output_dir", help="where results go (default: <run_dir>/eval)")
+    # evaluate-only: more models and earlier results beside the run's own model
     p.add_argument("--compare-model", action="append", default=[], metavar="NAME=MODEL[@ADAPTER]",
                    help="another model to evaluate in the same run (repeatable)")
     p.add_argument("--compare-with", action="append", default=[], metavar="RESULTS_JSON",

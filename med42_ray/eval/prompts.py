@@ -15,7 +15,8 @@ installed package's task YAMLs):
 The continuation is target_delimiter " " + choice, as lm-eval builds it.
 
 `med42_chat`: the question with its lettered options (the training side's `format_multiple_choice`)
-inside Med42's chat template, answered by the letter right after "<|assistant|>:" (no space), as
+inside Med42's chat template, rendered as training renders it (data/template.py) with the run's
+`prepare.system_prompt`, answered by the letter right after "<|assistant|>:" (no space), as
 the training answers ("B. Cisplatin") begin. PubMedQA's abstract comes before the question; HEAD-QA
 keeps its answer texts as continuations (they are what lm-eval scores for it).
 
@@ -29,7 +30,7 @@ import hashlib
 from dataclasses import dataclass
 
 from med42_ray.benchmarks import BenchmarkItem
-from med42_ray.data.config import MED42_SYSTEM_PROMPT
+from med42_ray.data.template import MED42_SYSTEM_PROMPT, med42_generation_prompt
 from med42_ray.records import LETTERS, format_multiple_choice
 
 TARGET_DELIMITER = " "
@@ -91,24 +92,27 @@ def harness_choices(item: BenchmarkItem) -> tuple[str, ...]:
     return tuple(LETTERS[i] for i in range(len(item.choices)))
 
 
-def med42_chat_text(item: BenchmarkItem) -> str:
+def med42_chat_text(item: BenchmarkItem, system_prompt: str | None = MED42_SYSTEM_PROMPT) -> str:
+    """The question as a one-turn conversation, rendered as training renders it (None: no system turn)."""
     if item.benchmark == "headqa_en":
         body = item.question
     else:
         body = format_multiple_choice(item.question, item.choices)
     if item.context:
         body = f"{item.context}\n\n{body}"
-    return f"<|system|>: {MED42_SYSTEM_PROMPT}\n<|prompter|>:{body}\n<|assistant|>:"
+    return med42_generation_prompt([{"role": "user", "content": body}], system_prompt)
 
 
-def build_request(item: BenchmarkItem, protocol: str) -> Request:
+def build_request(item: BenchmarkItem, protocol: str, system_prompt: str | None = MED42_SYSTEM_PROMPT) -> Request:
+    """`system_prompt` (the run's `prepare.system_prompt`, so the model is asked as it was trained)
+    is used by the `med42_chat` protocol only."""
     if protocol == "harness":
         choices = harness_choices(item)
         context, conts = harness_text(item), tuple(TARGET_DELIMITER + c for c in choices)
     elif protocol == "med42_chat":
         choices = tuple(item.choices) if item.benchmark == "headqa_en" else harness_choices(item)
         # the training answers follow "<|assistant|>:" directly ("B. Cisplatin"): no delimiter
-        context, conts = med42_chat_text(item), choices
+        context, conts = med42_chat_text(item, system_prompt), choices
     elif protocol == "full_text":
         choices = tuple(item.choices)
         context, conts = harness_text(item), tuple(TARGET_DELIMITER + c for c in choices)

@@ -7,14 +7,18 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from med42_ray.benchmarks import BENCHMARKS, BenchmarkItem, load_benchmarks
-from med42_ray.config import RunConfig, resolve_path
 from med42_ray.eval import results as res
 from med42_ray.eval.config import EvalModel
 from med42_ray.eval.prompts import Request, build_request
 from med42_ray.eval.runner import Event, ModelJob, RunnerSettings, run_jobs
+from med42_ray.layout import eval_dir_for
+from med42_ray.paths import resolve_path
+
+if TYPE_CHECKING:  # annotations only: a stage never imports the config composition at run time
+    from med42_ray.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +80,7 @@ def run_evaluate(cfg: RunConfig, adapter: str | None = None,
     root = resolve_path(ecfg.benchmarks_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"benchmarks directory not found: {root}")
-    out_dir = Path(ecfg.output_dir) if ecfg.output_dir else Path(cfg.run_dir) / "eval"
+    out = eval_dir_for(cfg)
     benches = load_benchmarks(root, ecfg.benchmarks)
     for name in ecfg.benchmarks or BENCHMARKS:
         if name not in benches:
@@ -91,7 +95,7 @@ def run_evaluate(cfg: RunConfig, adapter: str | None = None,
     unique: dict[str, Request] = {}
     per_key_counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for name, its in items.items():
-        requests[name] = [(it, build_request(it, ecfg.protocol)) for it in its]
+        requests[name] = [(it, build_request(it, ecfg.protocol, cfg.prepare.system_prompt)) for it in its]
         for _, r in requests[name]:
             unique.setdefault(r.key, r)
             per_key_counts[r.key][name] += 1
@@ -135,26 +139,25 @@ def run_evaluate(cfg: RunConfig, adapter: str | None = None,
 
         summary["usmle_crosscheck"] = usmle.crosscheck(root)
     for m in models:
-        model_dir = out_dir / m.name
         per_benchmark, samples = {}, {}
         for name, pairs in requests.items():
             rows = [res.sample_row(it, r, scored[m.name][r.key]) for it, r in pairs]
-            res.write_jsonl(model_dir / "samples" / f"{name}.jsonl", rows)
+            res.write_jsonl(out.samples(m.name, name), rows)
             samples[name] = rows
             per_benchmark[name] = res.benchmark_metrics(rows, excluded[name], BENCHMARKS[name].size)
         model_result = {"model": m.path, "adapter": m.adapter, "protocol": ecfg.protocol,
                         "benchmarks": per_benchmark, "aggregates": res.aggregate(per_benchmark, samples)}
-        res.write_json(model_dir / "results.json", model_result)
+        res.write_json(out.model_results(m.name), model_result)
         summary["models"][m.name] = model_result
-    res.write_json(out_dir / "results.json", summary)
+    res.write_json(out.summary, summary)
 
     table_models = dict(summary["models"])
     for path in ecfg.compare_with:
         earlier = json.loads(Path(path).read_text())
         for name, m in earlier.get("models", {}).items():
             table_models.setdefault(name if name not in table_models else f"{name} ({Path(path).parent.name})", m)
-    (out_dir / "comparison.md").write_text(res.comparison_markdown(table_models, ecfg.protocol))
-    res.comparison_chart(table_models, out_dir / "comparison.png")
-    print(f"wrote {out_dir}/results.json, comparison.md, comparison.png and per-model samples/ "
+    out.comparison_md.write_text(res.comparison_markdown(table_models, ecfg.protocol))
+    res.comparison_chart(table_models, out.comparison_png)
+    print(f"wrote {out.summary}, {out.comparison_md.name}, {out.comparison_png.name} and per-model samples/ "
           f"({seconds:.1f} s, {summary['questions_per_second']} questions/s)", flush=True)
     return summary

@@ -3,13 +3,15 @@
 Each model gets `num_actors` ScoringActor replicas (named `med42-eval/<run>/<model>/<i>`, so the
 dashboard shows which actor serves which model). Unique requests (equal prompt + continuations are
 scored once) are cut into tasks of `questions_per_task`, grouped by prompt length so batches pad
-little. The runner keeps two tasks in flight per live actor. Groups whose actors fit the cluster
-together run in parallel; the rest start as soon as a finished group's actors are released.
+little. `_Scheduler` keeps two tasks in flight per ready actor. Groups whose actors fit the cluster
+together run in parallel; the rest start, in order, as soon as a finished group's actors are
+released (an idle cluster always takes the next group, even one that does not fit it all).
 
 Fault tolerance: actors are created with max_restarts=-1. When a task fails because its actor
-died, the task goes back to the front of its model's queue and is sent to whichever replica is
-ready next (the dead one is restarted by Ray and rejoins after its `ready()` answers). Results are
-stored by request key, and a task is recorded once: nothing is lost or counted twice.
+died, the task goes back to the front of its model's queue (up to `max_task_retries` times) and is
+sent to whichever replica is ready next; the dead one is restarted by Ray and rejoins after its
+`ready()` answers. Results are stored by request key, and a task is recorded once by id: nothing
+is lost or counted twice.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -64,6 +66,8 @@ class Event:
 
 @dataclass
 class _Group:
+    """One model's actors, its queue of tasks and what has come back."""
+
     job: ModelJob
     queue: collections.deque
     actors: list = field(default_factory=list)
@@ -74,6 +78,24 @@ class _Group:
     total_tasks: int = 0
     started: bool = False
     finished: bool = False
+
+    def record(self, task_id: int, scored: list[Scored]) -> None:
+        if task_id not in self.done_tasks:  # a task is recorded once, whatever happened before
+            self.done_tasks.add(task_id)
+            for s in scored:
+                self.results.setdefault(s.key, s)
+
+    @property
+    def complete(self) -> bool:
+        return not self.queue and not any(self.inflight) and len(self.done_tasks) == self.total_tasks
+
+
+class _Pending(NamedTuple):
+    """What an object ref in flight answers: an actor's `ready()` (task None) or a task's result."""
+
+    group: _Group
+    actor_index: int
+    task: Task | None
 
 
 @dataclass
@@ -94,135 +116,189 @@ def make_tasks(model: str, requests: Sequence[Request], per_task: int, first_id:
             for i, s in enumerate(range(0, len(ordered), per_task))]
 
 
-def run_jobs(jobs: Sequence[ModelJob], settings: RunnerSettings,
-             on_event: Callable[[Event], None] | None = None) -> dict[str, dict[str, Scored]]:
-    """Score every job's requests on Ray; returns {model name: {request key: Scored}}."""
-    run_id = uuid.uuid4().hex[:6]
-    gpus = settings.gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+def _make_groups(jobs: Sequence[ModelJob], per_task: int) -> list[_Group]:
+    """One group per job; task ids are unique across all groups."""
     groups, next_id = [], 0
     for job in jobs:
-        tasks = make_tasks(job.name, job.requests, settings.questions_per_task, next_id)
+        tasks = make_tasks(job.name, job.requests, per_task, next_id)
         next_id += len(tasks)
         groups.append(_Group(job, collections.deque(tasks), total_tasks=len(tasks)))
-    cpu_total = ray.cluster_resources().get("CPU", 1)
-    gpu_total = ray.cluster_resources().get("GPU", 0)
-    per_group_cpu = settings.cpus_per_actor * settings.num_actors
-    if per_group_cpu > cpu_total or (gpus and gpus * settings.num_actors > gpu_total):
-        log.warning("%d actors of %s CPU / %s GPU do not all fit the cluster (%s CPU, %s GPU): "
-                    "the ones that do not will wait", settings.num_actors, settings.cpus_per_actor, gpus,
-                    cpu_total, gpu_total)
-    threads = max(1, int(settings.cpus_per_actor)) if not gpus else None
-    actor_cls = ray.remote(ScoringActor)
+    return groups
 
-    def start(group: _Group) -> None:
+
+class _Scheduler:
+    """Starts groups as the cluster allows, keeps their actors busy, re-queues the tasks of dead ones."""
+
+    def __init__(self, jobs: Sequence[ModelJob], settings: RunnerSettings,
+                 on_event: Callable[[Event], None] | None):
+        self.settings, self.on_event = settings, on_event
+        self.run_id = uuid.uuid4().hex[:6]
+        resources = ray.cluster_resources()
+        self.cpu_total, self.gpu_total = resources.get("CPU", 1), resources.get("GPU", 0)
+        gpus = settings.gpus_per_actor
+        self.gpus = gpus if gpus is not None else (1.0 if self.gpu_total >= 1 else 0.0)
+        self.threads = max(1, int(settings.cpus_per_actor)) if not self.gpus else None
+        self.actor_cls = ray.remote(ScoringActor)
+        self.groups = _make_groups(jobs, settings.questions_per_task)
+        self.pending: dict[ray.ObjectRef, _Pending] = {}
+        self.repings: list[tuple[float, _Group, int]] = []  # (when, group, actor index): being restarted
+        self.start_failures: collections.Counter = collections.Counter()  # (model, actor index) -> count
+        self._warn_if_group_does_not_fit()
+
+    def _warn_if_group_does_not_fit(self) -> None:
+        s = self.settings
+        too_many_gpus = self.gpus and self.gpus * s.num_actors > self.gpu_total
+        if s.cpus_per_actor * s.num_actors > self.cpu_total or too_many_gpus:
+            log.warning("%d actors of %s CPU / %s GPU do not all fit the cluster (%s CPU, %s GPU): "
+                        "the ones that do not will wait", s.num_actors, s.cpus_per_actor, self.gpus,
+                        self.cpu_total, self.gpu_total)
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, dict[str, Scored]]:
+        for g in self.groups:
+            if g.total_tasks == 0:
+                g.started = g.finished = True
+        self.start_what_fits()
+        while self.pending or self.repings:
+            self._send_due_repings()
+            done, _ = ray.wait(list(self.pending), num_returns=1, timeout=REPING_SECONDS)
+            if done:
+                self._route(done[0])
+        self._check_all_scored()
+        return {g.job.name: g.results for g in self.groups}
+
+    def _route(self, ref: ray.ObjectRef) -> None:
+        group, i, task = self.pending.pop(ref)
+        if task is None:
+            self.on_ready(ref, group, i)
+        else:
+            self.on_result(ref, group, i, task)
+
+    def _send_due_repings(self) -> None:
+        now = time.monotonic()
+        for entry in [r for r in self.repings if r[0] <= now]:
+            self.repings.remove(entry)
+            self._ping(entry[1], entry[2])
+
+    # --- starting and stopping groups -----------------------------------------------------------
+
+    def start(self, group: _Group) -> None:
+        s = self.settings
         group.started = True
-        for i in range(settings.num_actors):
-            actor = actor_cls.options(
-                name=f"med42-eval/{run_id}/{group.job.name}/{i}", num_cpus=settings.cpus_per_actor,
-                num_gpus=gpus, max_restarts=-1, max_task_retries=0,
-            ).remote(group.job.path, group.job.adapter, settings.dtype, settings.max_batch_tokens,
-                     settings.max_length, threads)
+        for i in range(s.num_actors):
+            actor = self.actor_cls.options(
+                name=f"med42-eval/{self.run_id}/{group.job.name}/{i}", num_cpus=s.cpus_per_actor,
+                num_gpus=self.gpus, max_restarts=-1, max_task_retries=0,
+            ).remote(group.job.path, group.job.adapter, s.dtype, s.max_batch_tokens, s.max_length, self.threads)
             group.actors.append(actor)
             group.ready.append(False)
             group.inflight.append(0)
-            pending[actor.ready.remote()] = ("ready", group, i, None)
+            self._ping(group, i)
 
-    def used() -> tuple[float, float]:
-        active = [g for g in groups if g.started and not g.finished]
-        n = sum(len(g.actors) for g in active)
-        return n * settings.cpus_per_actor, n * gpus
-
-    def start_what_fits() -> None:
-        for g in groups:
+    def start_what_fits(self) -> None:
+        """Start waiting groups in order while they fit next to the running ones."""
+        for g in self.groups:
             if g.started:
                 continue
-            cpu, gpu = used()
-            fits = cpu + per_group_cpu <= cpu_total and (not gpus or gpu + gpus * settings.num_actors <= gpu_total)
-            if fits or (cpu == 0 and gpu == 0):  # an idle cluster always takes the next group
-                start(g)
-            else:
+            if not self._fits_now():
                 break
+            self.start(g)
 
-    def dispatch(group: _Group) -> None:
-        for i, actor in enumerate(group.actors):
-            while group.ready[i] and group.inflight[i] < IN_FLIGHT_PER_ACTOR and group.queue:
-                task = group.queue.popleft()
-                group.inflight[i] += 1
-                pending[actor.score.remote(task.id, task.requests)] = ("task", group, i, task)
+    def _fits_now(self) -> bool:
+        s = self.settings
+        n = sum(len(g.actors) for g in self.groups if g.started and not g.finished)
+        cpu, gpu = n * s.cpus_per_actor, n * self.gpus
+        if cpu == 0 and gpu == 0:  # an idle cluster always takes the next group
+            return True
+        return (cpu + s.cpus_per_actor * s.num_actors <= self.cpu_total
+                and (not self.gpus or gpu + self.gpus * s.num_actors <= self.gpu_total))
 
-    def finish(group: _Group) -> None:
+    def finish(self, group: _Group) -> None:
         group.finished = True
         for actor in group.actors:
             ray.kill(actor, no_restart=True)
         log.info("model %s: %d tasks scored", group.job.name, group.total_tasks)
 
-    pending: dict = {}
-    failures: collections.Counter = collections.Counter()
-    for g in groups:
-        if g.total_tasks == 0:
-            g.started = g.finished = True
-    start_what_fits()
-    repings: list = []  # (when, group, actor index): actors being restarted by Ray
-    while pending or repings:
-        now = time.monotonic()
-        for when, g, i in [r for r in repings if r[0] <= now]:
-            repings.remove((when, g, i))
-            pending[g.actors[i].ready.remote()] = ("ready", g, i, None)
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=REPING_SECONDS)
-        if not done:
-            continue
-        kind, group, i, task = pending.pop(done[0])
-        if kind == "ready":
-            try:
-                ray.get(done[0])
-            except ActorUnavailableError:  # Ray is restarting it: ask again in a moment
-                if not group.finished:
-                    repings.append((time.monotonic() + REPING_SECONDS, group, i))
-                continue
-            except RayActorError as e:
-                if group.finished:
-                    continue
-                failures[(group.job.name, i)] += 1
-                if failures[(group.job.name, i)] > settings.max_task_retries:
-                    raise RuntimeError(f"scoring actor {i} for model {group.job.name!r} could not start: {e}") from e
-                pending[group.actors[i].ready.remote()] = ("ready", group, i, None)
-                continue
-            group.ready[i] = True
-            dispatch(group)
-            continue
+    # --- sending work ---------------------------------------------------------------------------
+
+    def _ping(self, group: _Group, i: int) -> None:
+        self.pending[group.actors[i].ready.remote()] = _Pending(group, i, None)
+
+    def dispatch(self, group: _Group) -> None:
+        """Top every ready actor of the group up to IN_FLIGHT_PER_ACTOR tasks."""
+        for i, actor in enumerate(group.actors):
+            while group.ready[i] and group.inflight[i] < IN_FLIGHT_PER_ACTOR and group.queue:
+                task = group.queue.popleft()
+                group.inflight[i] += 1
+                self.pending[actor.score.remote(task.id, task.requests)] = _Pending(group, i, task)
+
+    # --- answers --------------------------------------------------------------------------------
+
+    def on_ready(self, ref: ray.ObjectRef, group: _Group, i: int) -> None:
+        """Actor i's `ready()` answered (it may now take tasks) or failed (ask again, within limits)."""
+        try:
+            ray.get(ref)
+        except ActorUnavailableError:  # Ray is restarting it: ask again in a moment
+            if not group.finished:
+                self.repings.append((time.monotonic() + REPING_SECONDS, group, i))
+            return
+        except RayActorError as e:
+            if not group.finished:
+                self._retry_start(group, i, e)
+            return
+        group.ready[i] = True
+        self.dispatch(group)
+
+    def _retry_start(self, group: _Group, i: int, error: RayActorError) -> None:
+        self.start_failures[(group.job.name, i)] += 1
+        if self.start_failures[(group.job.name, i)] > self.settings.max_task_retries:
+            raise RuntimeError(f"scoring actor {i} for model {group.job.name!r} could not start: {error}") from error
+        self._ping(group, i)
+
+    def on_result(self, ref: ray.ObjectRef, group: _Group, i: int, task: Task) -> None:
+        """A task came back from actor i: record it, keep the actor busy, finish the group when done."""
         group.inflight[i] -= 1
         try:
-            task_id, scored = ray.get(done[0])
+            task_id, scored = ray.get(ref)
         except (RayActorError, ActorUnavailableError) as e:
-            task.attempts += 1
-            if task.attempts > settings.max_task_retries:
-                raise RuntimeError(f"task {task.id} of model {group.job.name!r} failed "
-                                   f"{task.attempts} times; last error: {e}") from e
-            log.warning("actor %d of %s died with task %d in flight: re-queued (attempt %d)",
-                        i, group.job.name, task.id, task.attempts + 1)
-            group.queue.appendleft(task)
-            if group.ready[i]:  # wait until Ray has restarted it before sending more work
-                group.ready[i] = False
-                pending[group.actors[i].ready.remote()] = ("ready", group, i, None)
-            dispatch(group)
-            if on_event:
-                on_event(Event(group.job.name, task, group.actors, len(group.done_tasks), group.total_tasks,
-                               retried=True))
-            continue
-        if task_id not in group.done_tasks:  # a task is recorded once, whatever happened before
-            group.done_tasks.add(task_id)
-            for s in scored:
-                group.results.setdefault(s.key, s)
-        if on_event:
-            on_event(Event(group.job.name, task, group.actors, len(group.done_tasks), group.total_tasks))
-        dispatch(group)
-        if not group.queue and not any(group.inflight) and len(group.done_tasks) == group.total_tasks:
-            finish(group)
-            start_what_fits()
-    for g in groups:
-        missing = {r.key for r in g.job.requests} - set(g.results)
-        if missing:
-            raise RuntimeError(f"model {g.job.name!r}: {len(missing)} requests were never scored")
-    return {g.job.name: g.results for g in groups}
+            self.on_actor_died(group, i, task, e)
+            return
+        group.record(task_id, scored)
+        self._emit(group, task)
+        self.dispatch(group)
+        if group.complete:
+            self.finish(group)
+            self.start_what_fits()
+
+    def on_actor_died(self, group: _Group, i: int, task: Task, error: RayActorError) -> None:
+        """Actor i died with `task` in flight: re-queue it first and wait for Ray to restart the actor."""
+        task.attempts += 1
+        if task.attempts > self.settings.max_task_retries:
+            raise RuntimeError(f"task {task.id} of model {group.job.name!r} failed "
+                               f"{task.attempts} times; last error: {error}") from error
+        log.warning("actor %d of %s died with task %d in flight: re-queued (attempt %d)",
+                    i, group.job.name, task.id, task.attempts + 1)
+        group.queue.appendleft(task)
+        if group.ready[i]:  # wait until Ray has restarted it before sending more work
+            group.ready[i] = False
+            self._ping(group, i)
+        self.dispatch(group)
+        self._emit(group, task, retried=True)
+
+    def _emit(self, group: _Group, task: Task, retried: bool = False) -> None:
+        if self.on_event:
+            self.on_event(Event(group.job.name, task, group.actors, len(group.done_tasks), group.total_tasks,
+                                retried=retried))
+
+    def _check_all_scored(self) -> None:
+        for g in self.groups:
+            missing = {r.key for r in g.job.requests} - set(g.results)
+            if missing:
+                raise RuntimeError(f"model {g.job.name!r}: {len(missing)} requests were never scored")
+
+
+def run_jobs(jobs: Sequence[ModelJob], settings: RunnerSettings,
+             on_event: Callable[[Event], None] | None = None) -> dict[str, dict[str, Scored]]:
+    """Score every job's requests on Ray; returns {model name: {request key: Scored}}."""
+    return _Scheduler(jobs, settings, on_event).run()

@@ -100,13 +100,15 @@ class Scorer:
 
     # -- scoring ---------------------------------------------------------------------------------
 
-    def score(self, requests: Sequence[Request]) -> list[Scored]:
-        """Scores in the order of `requests`; requests with equal keys are computed once.
+    def grad_context(self):
+        """What every scoring path runs under: inference_mode unless the Scorer was built without
+        it. A ZeRO-3 model gathers its parameters during the forward and keeps its small persistent
+        ones, which would then be inference tensors that the next training backward refuses."""
+        return torch.inference_mode() if self.inference_mode else torch.no_grad()
 
-        Under inference_mode unless the Scorer was built without it: a ZeRO-3 model gathers its
-        parameters during the forward and keeps its small persistent ones, which would then be
-        inference tensors that the next training backward refuses."""
-        with torch.inference_mode() if self.inference_mode else torch.no_grad():
+    def score(self, requests: Sequence[Request]) -> list[Scored]:
+        """Scores in the order of `requests`; requests with equal keys are computed once."""
+        with self.grad_context():
             return self._score(requests)
 
     def _score(self, requests: Sequence[Request]) -> list[Scored]:
@@ -222,10 +224,11 @@ class Scorer:
         return Scored(key, lls, greedy, [len(c) for c in enc.continuations], "brute_force")
 
 
-@torch.inference_mode()
 def brute_force_loglikelihood(model, context_enc: list[int], cont_enc: list[int], max_length: int,
                               device=None) -> tuple[float, bool]:
-    """lm-eval's per-pair computation: one sequence, left-truncated to max_length + 1 tokens."""
+    """lm-eval's per-pair computation: one sequence, left-truncated to max_length + 1 tokens.
+
+    Runs under the caller's grad context (`Scorer.grad_context`), not one of its own."""
     inp = (context_enc + cont_enc)[-(max_length + 1):][:-1]
     ids = torch.tensor([inp], dtype=torch.long, device=device)
     logits = model(input_ids=ids).logits[0, -len(cont_enc):].float()
@@ -237,4 +240,5 @@ def brute_force_loglikelihood(model, context_enc: list[int], cont_enc: list[int]
 
 def score_brute_force(scorer: Scorer, requests: Sequence[Request]) -> list[Scored]:
     """Reference: every (context, continuation) pair on its own, no batching, no sharing."""
-    return [scorer._score_brute_force(r.key, scorer.encode(r)) for r in requests]
+    with scorer.grad_context():
+        return [scorer._score_brute_force(r.key, scorer.encode(r)) for r in requests]

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from med42_ray.eval.prompts import Request
-from med42_ray.eval.scoring import Scorer, Scored
+from med42_ray.eval.scoring import Scored, Scorer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from med42_ray.cache import cache_root
+from med42_ray.data.template import MED42_CHAT_TEMPLATE, MED42_MARKERS
 
 TINY_LLAMA = "tiny-llama"
 # The tokenizer learns from the sample *training* mixture only, not the sample benchmark.
@@ -50,23 +51,10 @@ TOKENIZER_SPEC = {"vocab_size": 4096, "min_frequency": 2}
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 # Med42's turn markers; kept whole as (non-special) added tokens so they survive decoding.
-CHAT_MARKERS = ["<|system|>", "<|prompter|>", "<|assistant|>"]
-
-# Med42 (v1) format: "<|system|>: {system}\n<|prompter|>:{prompt}\n<|assistant|>:{answer}</s>".
-# The BOS comes from the template (as in Llama-2's own chat template), so render with
-# add_special_tokens=False. {% generation %} lets `return_assistant_tokens_mask=True` find answers.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}<|system|>: {{ message['content'] }}\n"
-    "{% elif message['role'] == 'user' %}<|prompter|>:{{ message['content'] }}\n"
-    "{% elif message['role'] == 'assistant' %}<|assistant|>:"
-    "{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}"
-    "{% else %}{{ raise_exception('unknown role: ' + message['role']) }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>:{% endif %}"
-)
+CHAT_MARKERS = list(MED42_MARKERS)
+# Med42's template, rendering exactly what `prepare.template=med42` trains on. The BOS comes from
+# the template (as in Llama-2's own chat template), so render with add_special_tokens=False.
+CHAT_TEMPLATE = MED42_CHAT_TEMPLATE
 
 
 def resolve_model(name_or_path: str) -> str:

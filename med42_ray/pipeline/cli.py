@@ -5,22 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from med42_ray.config import ConfigError
+from med42_ray.errors import ConfigError
 
 DEMO_RUN_DIR = "runs/demo"
-
-
-def _shortcuts(args: argparse.Namespace) -> list[str]:
-    out = []
-    if args.benchmarks_dir:  # evaluate on them, and keep them out of the training data
-        out += [f"prepare.benchmarks_dir={args.benchmarks_dir}", f"evaluate.benchmarks_dir={args.benchmarks_dir}"]
-    if getattr(args, "strategies", None):
-        out.append(f"pipeline.strategies=[{args.strategies}]")
-    if args.limit is not None:
-        out.append(f"evaluate.limit={args.limit}")
-    if getattr(args, "seed", None) is not None:
-        out.append(f"seed={args.seed}")
-    return out
 
 
 def _run(cfg) -> dict:
@@ -47,13 +34,26 @@ def summary(outputs: dict[str, dict]) -> str:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
+    """the whole recipe: prepare, evaluate base, train full + LoRA, evaluate, report (resumable)
+
+    prepare -> [pretrain] -> evaluate base -> train full and LoRA -> evaluate each -> report. Each
+    stage writes <run_dir>/stages/<stage>.json when it finishes; running again on the same run dir
+    (or resubmitting the job) skips finished stages and resumes training from its last checkpoint.
+    Per-strategy settings go in pipeline.full / pipeline.lora.
+    """
     from med42_ray.cli import load_from_args
 
-    _run(load_from_args(args, _shortcuts(args)))
+    _run(load_from_args(args))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """the pipeline in miniature on the embedded default (tiny Llama, sample data), ~10 min on 2 CPUs
+
+    Sample mixture -> short pre-training of the tiny Llama on the general-domain sample ->
+    full-parameter and LoRA fine-tuning -> zero-shot evaluation of base, full and LoRA -> report.
+    Writes to {demo_run_dir}/ unless --run-dir is given; prints the report's path.
+    """
     from med42_ray.cli import load_from_args
 
     if args.config is not None:
@@ -61,39 +61,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
                           "for your own config")
     if args.run_dir is None:
         args.run_dir = DEMO_RUN_DIR
-    _run(load_from_args(args, _shortcuts(args)))
+    _run(load_from_args(args))
     return 0
 
 
 def register(sub) -> None:
-    from med42_ray.cli import add_command
+    from med42_ray.cli import add_command, add_config_flag, comma_list
 
-    p = add_command(
-        sub, "pipeline", cmd_pipeline,
-        help="the whole recipe: prepare, evaluate base, train full + LoRA, evaluate, report (resumable)",
-        description=(
-            "prepare -> [pretrain] -> evaluate base -> train full and LoRA -> evaluate each -> report. "
-            "Each stage writes <run_dir>/stages/<stage>.json when it finishes; running again on the "
-            "same run dir (or resubmitting the job) skips finished stages and resumes training from "
-            "its last checkpoint. Per-strategy settings go in pipeline.full / pipeline.lora."
-        ),
-    )
-    p.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
-    p.add_argument("--benchmarks-dir", default=None,
-                   help="benchmark root laid out like shared/data/raw: decontaminate against it and evaluate on it")
-    p.add_argument("--strategies", default=None, help="comma-separated subset of full,lora")
+    p = add_command(sub, "pipeline", cmd_pipeline)
+    add_config_flag(p, "--limit", "evaluate.limit", type=int, help="first N questions of each benchmark")
+    # evaluate on the benchmarks, and keep them out of the training data
+    add_config_flag(p, "--benchmarks-dir", "prepare.benchmarks_dir", "evaluate.benchmarks_dir",
+                    help="benchmark root laid out like shared/data/raw: decontaminate against it and evaluate on it")
+    add_config_flag(p, "--strategies", "pipeline.strategies", type=comma_list,
+                    help="comma-separated subset of full,lora")
 
-    d = add_command(
-        sub, "demo", cmd_demo,
-        help="the pipeline in miniature on the embedded default (tiny Llama, sample data), ~10 min on 2 CPUs",
-        description=(
-            "Sample mixture -> short pre-training of the tiny Llama on the general-domain sample -> "
-            "full-parameter and LoRA fine-tuning -> zero-shot evaluation of base, full and LoRA -> "
-            f"report. Writes to {DEMO_RUN_DIR}/ unless --run-dir is given; prints the report's path."
-        ),
-    )
-    d.add_argument("--limit", type=int, default=None, help="first N questions of each benchmark")
-    d.add_argument("--benchmarks-dir", default=None,
-                   help="evaluate on (and decontaminate against) real benchmark files laid out like "
-                        "shared/data/raw, instead of the sample benchmark")
-    d.add_argument("--seed", type=int, default=None, help="seed for data sampling and model init")
+    d = add_command(sub, "demo", cmd_demo, demo_run_dir=DEMO_RUN_DIR)
+    add_config_flag(d, "--limit", "evaluate.limit", type=int, help="first N questions of each benchmark")
+    add_config_flag(d, "--benchmarks-dir", "prepare.benchmarks_dir", "evaluate.benchmarks_dir",
+                    help="evaluate on (and decontaminate against) real benchmark files laid out like "
+                         "shared/data/raw, instead of the sample benchmark")
+    add_config_flag(d, "--seed", "seed", type=int, help="seed for data sampling and model init")

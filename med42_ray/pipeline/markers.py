@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from med42_ray.config import ConfigError
+from med42_ray.errors import ConfigError
 
 
 def fingerprint(inputs: Any, upstream: list[str]) -> str:
@@ -22,8 +22,8 @@ def fingerprint(inputs: Any, upstream: list[str]) -> str:
 
 
 class StageMarkers:
-    def __init__(self, run_dir: Path):
-        self.dir = run_dir / "stages"
+    def __init__(self, stages_dir: Path):
+        self.dir = stages_dir
 
     def path(self, stage: str) -> Path:
         return self.dir / f"{stage}.json"
@@ -41,7 +41,7 @@ class StageMarkers:
             raise ConfigError(f"{path}: not a stage marker ({e}); delete it to rerun stage {stage!r}") from None
         if found != expected:
             raise ConfigError(
-                f"stage {stage!r} in {self.dir.parent} finished with a different configuration "
+                f"stage {stage!r} in {self.dir} finished with a different configuration "
                 f"(fingerprint {found}, now {expected}). Use a new --run-dir, or delete {path} and the "
                 "markers of the stages after it to redo them here.")
         return marker

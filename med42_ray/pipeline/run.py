@@ -17,11 +17,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from med42_ray.config import ConfigError, RunConfig
+from med42_ray.errors import ConfigError
+from med42_ray.layout import EXPORT_ADAPTER, EXPORT_MODEL, RunLayout, export_names, prepared_dir_for
 from med42_ray.pipeline.config import merged_train_config
 from med42_ray.pipeline.markers import StageMarkers, fingerprint
+
+if TYPE_CHECKING:  # annotations only: a stage never imports the config composition at run time
+    from med42_ray.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,43 +44,19 @@ class Stage:
     upstream: list[str] = field(default_factory=list)
 
 
-@dataclass
-class RunLayout:
-    """Where every stage writes, under one run directory (absolute: Ray workers have another cwd)."""
-
-    run_dir: Path
-
-    @property
-    def prepared(self) -> Path:
-        return self.run_dir / "prepared"
-
-    def pretrain(self, part: str) -> Path:
-        return self.run_dir / "pretrain" / part
-
-    def train(self, strategy: str) -> Path:
-        return self.run_dir / "train" / strategy
-
-    def eval(self, label: str) -> Path:
-        return self.run_dir / "eval" / label
-
-    @property
-    def report(self) -> Path:
-        return self.run_dir / "report"
-
-
 class Pipeline:
     def __init__(self, cfg: RunConfig):
         self.run_dir = Path(cfg.run_dir).expanduser().resolve()
         self.cfg = cfg.model_copy(update={"run_dir": str(self.run_dir)}, deep=True)
         self.layout = RunLayout(self.run_dir)
-        self.markers = StageMarkers(self.run_dir)
+        self.markers = StageMarkers(self.layout.stages)
         self.outputs: dict[str, dict] = {}
 
     # ---- the stages -------------------------------------------------------------------------
 
     def stages(self) -> list[Stage]:
         cfg, p = self.cfg, self.cfg.pipeline
-        prepared = Path(cfg.prepare.output_dir).resolve() if cfg.prepare.output_dir else self.layout.prepared
+        prepared = prepared_dir_for(cfg).root
         stages = [Stage("prepare", {"prepare": self._prepare_inputs(cfg.prepare), "model": cfg.model,
                                     "seed": cfg.seed},
                         lambda: self._prepare(cfg.prepare.model_copy(update={"output_dir": str(prepared)})))]
@@ -84,7 +64,7 @@ class Pipeline:
         if p.pretrain is not None:
             pre_prepare = cfg.prepare.model_copy(update={
                 "sources": [s for s in cfg.prepare.sources if s.domain == p.pretrain.domain],
-                "output_dir": str(self.layout.pretrain("prepared"))})
+                "output_dir": str(self.layout.pretrain_prepared.root)})
             if not pre_prepare.sources:
                 raise ConfigError(f"pipeline.pretrain: no source has domain {p.pretrain.domain!r}")
             stages.append(Stage("pretrain_prepare",
@@ -92,10 +72,10 @@ class Pipeline:
                                 lambda: self._prepare(pre_prepare)))
             pre_train = merged_train_config(
                 cfg.train, p.pretrain.train, strategy="full", export=True, run_name=f"{cfg.train.run_name}_pretrain",
-                data_dir=str(self.layout.pretrain("prepared")), output_dir=str(self.layout.pretrain("train")))
+                data_dir=str(self.layout.pretrain_prepared.root), output_dir=str(self.layout.pretrain_train.root))
             stages.append(Stage("pretrain", self._train_inputs(pre_train, cfg.model),
                                 lambda: self._train("pretrain", cfg.model, pre_train), ["pretrain_prepare"]))
-            base, base_stage = str(self.layout.pretrain("train") / "model"), ["pretrain"]
+            base, base_stage = str(self.layout.pretrain_train.export(EXPORT_MODEL)), ["pretrain"]
 
         if p.evaluate_base:
             stages.append(self._eval_stage("base", base, None, base_stage))
@@ -103,14 +83,15 @@ class Pipeline:
         for s in p.strategies:
             tcfg = merged_train_config(
                 cfg.train, getattr(p, s), strategy=s, export=True, run_name=f"{cfg.train.run_name}_{s}",
-                data_dir=str(prepared), output_dir=str(self.layout.train(s)))
+                data_dir=str(prepared), output_dir=str(self.layout.train(s).root))
             stages.append(Stage(f"train_{s}", self._train_inputs(tcfg, base),
                                 (lambda s=s, tcfg=tcfg: self._train(f"train_{s}", base, tcfg)),
                                 ["prepare", *base_stage]))
             trained.append(s)
         for s in trained:
             out = self.layout.train(s)
-            model, adapter = (str(out / "model"), None) if s == "full" else (base, str(out / "adapter"))
+            model, adapter = ((str(out.export(EXPORT_MODEL)), None) if s == "full"
+                              else (base, str(out.export(EXPORT_ADAPTER))))
             stages.append(self._eval_stage(s, model, adapter, [f"train_{s}"]))
         evals = [st.name for st in stages if st.name.startswith("evaluate_")]
         stages.append(Stage("report", {}, self._report, evals + [f"train_{s}" for s in trained]))
@@ -145,12 +126,11 @@ class Pipeline:
         hook = None
         if kill is not None and kill.stage == stage:
             hook = KillWorkerOnce(step=kill.step, rank=kill.rank,
-                                  marker=str(self.markers.dir / f"{stage}.worker_killed"))
+                                  marker=str(self.layout.stages / f"{stage}.worker_killed"))
             self.markers.dir.mkdir(parents=True, exist_ok=True)
         result = run_train(self.cfg.model_copy(update={"model": model, "train": tcfg}), step_hook=hook)
         last = result.metrics[-1] if result.metrics else {}
-        missing = [n for n in (["model"] if tcfg.strategy == "full" else ["adapter", "merged"])
-                   if n not in result.exported]
+        missing = [n for n in export_names(tcfg.strategy) if n not in result.exported]
         if missing:
             raise RuntimeError(f"{stage}: training finished but did not export {', '.join(missing)} "
                                f"to {result.output_dir}")
@@ -163,11 +143,11 @@ class Pipeline:
 
         ecfg = self.cfg.evaluate.model_copy(update={
             "models": [EvalModel(name=label, path=model, adapter=adapter)],
-            "output_dir": str(self.layout.eval(label)), "compare_with": [],
+            "output_dir": str(self.layout.eval(label).root), "compare_with": [],
             "progress": self.cfg.evaluate.progress and sys.stdout.isatty()})
         summary = run_evaluate(self.cfg.model_copy(update={"evaluate": ecfg}))
         accuracy = {b: m["acc"] for b, m in summary["models"][label]["benchmarks"].items()}
-        return {"results": str(self.layout.eval(label) / "results.json"), "accuracy": accuracy}
+        return {"results": str(self.layout.eval(label).summary), "accuracy": accuracy}
 
     def _report(self) -> dict:
         from med42_ray.report import build_report

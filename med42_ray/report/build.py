@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from med42_ray.eval.results import NOTES, comparison_chart
+from med42_ray.layout import RunLayout
 from med42_ray.report import sections
 from med42_ray.report.inputs import ReportError, load_eval, load_manifest, load_training
 from med42_ray.report.plots import loss_curves
@@ -145,7 +146,7 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Path
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: run directory not found")
-    out_dir = Path(out_dir) if out_dir else run_dir / "report"
+    out_dir = Path(out_dir) if out_dir else RunLayout(run_dir).report
     evals = load_eval(run_dir)
     training = load_training(run_dir)
     manifest = load_manifest(run_dir)

@@ -8,6 +8,12 @@ from pathlib import Path
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """one page per run: accuracy table vs Med42-70B, loss curves, training cost, decontamination
+
+    Read a pipeline run directory (eval/<model>/results.json, train/<strategy>/metrics.jsonl and
+    run_info.json, prepared/manifest.json) and write report.md, a self-contained report.html,
+    report.json, comparison.png and loss_curves.png to <run_dir>/report/. Prints report.md's path.
+    """
     from med42_ray.report import ReportError, build_report
 
     if args.run_dir is None:  # only then is the config needed: it names the run directory
@@ -26,13 +32,5 @@ def cmd_report(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     from med42_ray.cli import add_command
 
-    p = add_command(
-        sub, "report", cmd_report,
-        help="one page per run: accuracy table vs Med42-70B, loss curves, training cost, decontamination",
-        description=(
-            "Read a pipeline run directory (eval/<model>/results.json, train/<strategy>/metrics.jsonl and "
-            "run_info.json, prepared/manifest.json) and write report.md, a self-contained report.html, "
-            "report.json, comparison.png and loss_curves.png to <run_dir>/report/. Prints report.md's path."
-        ),
-    )
+    p = add_command(sub, "report", cmd_report)
     p.add_argument("--output-dir", default=None, help="where the report goes (default: <run_dir>/report)")

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from med42_ray.layout import EvalDir, RunLayout, TrainDir
+
 # Column / curve order when present; any other sub-directory follows, sorted.
 EVAL_ORDER = ("base", "full", "lora")
 TRAIN_ORDER = ("full", "lora")
@@ -148,8 +150,9 @@ def load_eval(run_dir: Path) -> EvalRuns:
     """eval/<name>/results.json, in EVAL_ORDER: either evaluate's summary (one model: the column is
     the directory's name; several: their own names) or one model's results.json."""
     out = EvalRuns({}, {}, {})
-    for d in _subdirs(run_dir / "eval", EVAL_ORDER):
-        path = d / "results.json"
+    eval_root = RunLayout(run_dir).eval_root
+    for d in _subdirs(eval_root.root, EVAL_ORDER):
+        path = EvalDir(d).summary
         if not path.is_file():
             continue
         data = read_json(path)
@@ -167,14 +170,14 @@ def load_eval(run_dir: Path) -> EvalRuns:
             out.models[name] = m
             out.protocols[name] = m.get("protocol") or data.get("protocol")
             out.files[name] = str(path)
-    top = run_dir / "eval" / "results.json"  # a stage-by-stage run's summary: only for the protocol notes
+    top = eval_root.summary  # a stage-by-stage run's summary: only for the protocol notes
     if top.is_file():
         summary = read_json(top)
         out.descriptions.add(summary.get("protocol_description") or "")
         if summary.get("benchmarks_dir"):
             out.benchmarks_dirs.add(summary["benchmarks_dir"])
     if not out.models:
-        raise ReportError(f"no evaluation results: expected {run_dir / 'eval' / 'base' / 'results.json'} "
+        raise ReportError(f"no evaluation results: expected {RunLayout(run_dir).eval('base').summary} "
                           f"(or full/, lora/ beside it), written by `med42-ray evaluate`")
     out.descriptions.discard("")
     return out
@@ -183,27 +186,23 @@ def load_eval(run_dir: Path) -> EvalRuns:
 @dataclass
 class TrainingRun:
     name: str
-    directory: Path
+    outputs: TrainDir
     metrics: list[dict]
     run_info: dict | None   # None for runs trained before run_info.json existed
 
 
 def load_training(run_dir: Path) -> dict[str, TrainingRun]:
-    """train/<strategy>/metrics.jsonl (+ run_info.json), or a lone train/metrics.jsonl from a
-    stage-by-stage run (named by its run_info's strategy)."""
+    """train/<strategy>/metrics.jsonl (+ run_info.json): where `train` writes, alone or in the pipeline."""
     runs = {}
-    train = run_dir / "train"
-    for d in [train, *_subdirs(train, TRAIN_ORDER)]:
-        metrics = d / "metrics.jsonl"
-        if not metrics.is_file():
+    for d in _subdirs(RunLayout(run_dir).train_root, TRAIN_ORDER):
+        outputs = TrainDir(d)
+        if not outputs.metrics.is_file():
             continue
-        info_path = d / "run_info.json"
-        info = read_json(info_path, RunInfo) if info_path.is_file() else None
-        name = d.name if d != train else (info or {}).get("strategy", "train")
-        runs[name] = TrainingRun(name, d, read_metrics(metrics), info)
+        info = read_json(outputs.run_info, RunInfo) if outputs.run_info.is_file() else None
+        runs[d.name] = TrainingRun(d.name, outputs, read_metrics(outputs.metrics), info)
     return runs
 
 
 def load_manifest(run_dir: Path) -> dict | None:
-    path = run_dir / "prepared" / "manifest.json"
+    path = RunLayout(run_dir).prepared.manifest
     return read_json(path, Manifest) if path.is_file() else None

@@ -79,8 +79,8 @@ def strategy_summary(run: TrainingRun) -> dict:
         "peak_flops_per_worker": info.get("peak_flops_per_worker"),
         # Sum of step times: the training loop itself (data, compute, checkpoints), not Ray start-up.
         "wall_time_s": sum(times) if times else None,
-        "metrics_file": str(run.directory / "metrics.jsonl"),
-        "run_info_file": str(run.directory / "run_info.json") if run.run_info is not None else None,
+        "metrics_file": str(run.outputs.metrics),
+        "run_info_file": str(run.outputs.run_info) if run.run_info is not None else None,
     }
 
 

@@ -29,10 +29,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from med42_ray.records import LETTERS
 from med42_ray.sample.facts import CAPITALS, CONVERSIONS, DEFINITIONS, KINDS, TOPIC_TIPS, Kind
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-LETTERS = "ABCDE"
 TRAIN_MCQ_VARIANTS = 2  # training MCQs per fact; each uses its own 3 distractors
 
 

@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow.parquet as pq
 import yaml
 
-from med42_ray.config import ConfigError, RunConfig, resolve_path
+from med42_ray.errors import ConfigError
+from med42_ray.layout import EXPORT_ADAPTER, SweepDir, storage_path_for, sweep_dir_for, train_data_dir_for
+from med42_ray.paths import resolve_path
 from med42_ray.sweep.validation import Validation
+
+if TYPE_CHECKING:  # annotations only: a stage never imports the config composition at run time
+    from med42_ray.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +44,6 @@ class SweepResult:
     best: dict
     best_config_path: Path
     best_adapter: Path
-
-
-def sweep_dir_for(cfg: RunConfig) -> Path:
-    out = resolve_path(cfg.sweep.output_dir) if cfg.sweep.output_dir else Path(cfg.run_dir) / "sweep"
-    return out.expanduser().resolve()
 
 
 def load_validation(cfg: RunConfig) -> Validation:
@@ -64,42 +63,37 @@ def load_validation(cfg: RunConfig) -> Validation:
     if not items:
         raise ConfigError(f"validation benchmark {s.benchmark!r} under {root} has no text-only question")
     e = cfg.evaluate
-    return Validation.build(items, e.protocol, s.eval_every_steps, cfg.model, e.max_batch_tokens, e.max_length)
+    return Validation.build(items, e.protocol, s.eval_every_steps, cfg.model, e.max_batch_tokens, e.max_length,
+                            cfg.prepare.system_prompt)
 
 
-def trial_base_config(cfg: RunConfig, sweep_dir: Path, cluster_cpus: float) -> RunConfig:
+def trial_base_config(cfg: RunConfig, sweep_dir: SweepDir, cluster_cpus: float) -> RunConfig:
     """The run config every trial starts from: LoRA, absolute paths (a Tune trial runs in its own
     working directory), the sweep's step budget, and CPU sizing that leaves room for the trial."""
-    from med42_ray.train.trainer import data_dir_for, storage_path_for
-
     base = cfg.model_copy(deep=True)
     t = base.train
     t.strategy = "lora"
-    t.data_dir = str(data_dir_for(cfg).expanduser().resolve())
-    t.storage_path = storage_path_for(cfg) if cfg.train.storage_path else str(sweep_dir / "tune")
+    t.data_dir = str(train_data_dir_for(cfg).root)
+    t.storage_path = storage_path_for(cfg) if cfg.train.storage_path else str(sweep_dir.tune)
     if cfg.sweep.max_steps is not None:
         t.max_steps = cfg.sweep.max_steps
     base.run_dir = str(Path(cfg.run_dir).expanduser().resolve())
     if Path(cfg.model).expanduser().exists():  # a local directory, maybe relative
         base.model = str(Path(cfg.model).expanduser().resolve())
     if not t.scaling.use_gpu and t.scaling.cpus_per_worker is None:
-        # As `train` sizes workers (one CPU left for Ray Data's reads), minus what the trial holds.
-        spare = cluster_cpus - 1 - cfg.sweep.trial_cpus
-        per_worker = min(1.0, math.floor(100 * spare / t.scaling.num_workers) / 100)
-        if per_worker <= 0:
-            raise ConfigError(f"the Ray cluster has {cluster_cpus:g} CPUs: not enough for {t.scaling.num_workers} "
-                              "training workers, data loading and the trial; lower train.scaling.num_workers")
-        t.scaling.cpus_per_worker = per_worker
+        from med42_ray.train.trainer import cpus_per_worker
+
+        # As `train` sizes workers, less the CPU the trial (this Train run's driver) holds itself.
+        t.scaling.cpus_per_worker = cpus_per_worker(t, cluster_cpus, reserved_cpus=cfg.sweep.trial_cpus)
     return base
 
 
 def total_steps(cfg: RunConfig) -> int:
     """Optimizer steps of one full trial: the ASHA horizon (max_t)."""
-    from med42_ray.train.trainer import data_dir_for, job_plan, read_manifest
+    from med42_ray.train.trainer import count_rows, plan_job, read_manifest
 
-    _, shards = read_manifest(data_dir_for(cfg))
-    rows = sum(pq.read_metadata(s).num_rows for s in shards)
-    return job_plan(cfg.train, rows, cfg.train.scaling.num_workers)["total_steps"]
+    manifest, shards = read_manifest(train_data_dir_for(cfg))
+    return plan_job(cfg, manifest, count_rows(shards)).total_steps
 
 
 def apply_params(base: RunConfig, params: dict) -> RunConfig:
@@ -125,7 +119,8 @@ def _validation_reports(registry, trial_id: str):
     return ValidationReports()
 
 
-def run_trial(params: dict, base: dict, validation: Validation, registry, sweep_dir: str, name: str) -> None:
+def run_trial(params: dict, base: RunConfig, validation: Validation, registry, sweep_dir: SweepDir,
+              name: str) -> None:
     """One Tune trial: a Ray Train run of LoRA with this trial's r/alpha/lr (runs in the trial actor)."""
     from ray import tune
 
@@ -133,8 +128,8 @@ def run_trial(params: dict, base: dict, validation: Validation, registry, sweep_
     from med42_ray.train.trainer import run_train
 
     trial_id = tune.get_context().get_trial_id()
-    cfg = apply_params(RunConfig.model_validate(base), params)
-    cfg.train.output_dir = str(Path(sweep_dir) / "trials" / trial_id)
+    cfg = apply_params(base, params)
+    cfg.train.output_dir = str(sweep_dir.trial(trial_id).root)
     cfg.train.run_name = f"{name}-{trial_id}"
     with train_run(trial_id):
         run_train(cfg, callbacks=[_validation_reports(registry, trial_id)],
@@ -169,11 +164,11 @@ def run_sweep(cfg: RunConfig) -> SweepResult:
           f"{s.benchmark} ({len(validation.items)} questions) every {s.eval_every_steps} steps; ASHA grace "
           f"{grace} steps, reduction factor {s.reduction_factor:g}", flush=True)
 
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_dir.root.mkdir(parents=True, exist_ok=True)
     registry = create_registry()
     trainable = tune.with_resources(
-        graceful_trainable(tune.with_parameters(run_trial, base=base.model_dump(mode="json"), validation=validation,
-                                                registry=registry, sweep_dir=str(sweep_dir), name=s.name), registry),
+        graceful_trainable(tune.with_parameters(run_trial, base=base, validation=validation,
+                                                registry=registry, sweep_dir=sweep_dir, name=s.name), registry),
         {"cpu": s.trial_cpus})
     tuner = tune.Tuner(
         trainable,
@@ -194,7 +189,7 @@ def run_sweep(cfg: RunConfig) -> SweepResult:
     trials = [_trial_record(r, horizon, sweep_dir) for r in grid]
     trials.sort(key=lambda t: t["trial_id"])
     best = pick_best(trials)
-    (sweep_dir / "trials.json").write_text(json.dumps({
+    sweep_dir.trials_json.write_text(json.dumps({
         "metric": METRIC, "mode": MODE, "benchmark": s.benchmark, "questions": len(validation.items),
         "protocol": cfg.evaluate.protocol, "max_steps": horizon, "seed": seed,
         "scheduler": {"name": "ASHA", "time_attr": TIME_ATTR, "max_t": horizon, "grace_period": grace,
@@ -203,19 +198,19 @@ def run_sweep(cfg: RunConfig) -> SweepResult:
 
     best_cfg = apply_params(cfg, best["params"])
     best_cfg.train.strategy = "lora"
-    best_config_path = sweep_dir / "best_config.yaml"
+    best_config_path = sweep_dir.best_config
     best_config_path.write_text(
         f"# med42-ray sweep: best of {len(trials)} trials, trial {best['trial_id']} "
         f"({METRIC} {best['val_accuracy']:.4f} on {s.benchmark})\n"
         + yaml.safe_dump(best_cfg.model_dump(mode="json"), sort_keys=False))
-    best_adapter = sweep_dir / "best_adapter"
+    best_adapter = sweep_dir.best_adapter
     shutil.rmtree(best_adapter, ignore_errors=True)
     shutil.copytree(best["adapter"], best_adapter)
     print(format_table(trials, best["trial_id"]), flush=True)
     print(f"best: trial {best['trial_id']} r={best['params']['r']} alpha={best['params']['alpha']} "
           f"lr={best['params']['lr']:.3g} {METRIC}={best['val_accuracy']:.4f}\n"
-          f"wrote {best_config_path}, {best_adapter}, {sweep_dir / 'trials.json'}", flush=True)
-    return SweepResult(sweep_dir, trials, best, best_config_path, best_adapter)
+          f"wrote {best_config_path}, {best_adapter}, {sweep_dir.trials_json}", flush=True)
+    return SweepResult(sweep_dir.root, trials, best, best_config_path, best_adapter)
 
 
 def _default_concurrency(base: RunConfig, resources: dict) -> int:
@@ -226,7 +221,7 @@ def _default_concurrency(base: RunConfig, resources: dict) -> int:
     return 1
 
 
-def _trial_record(result, horizon: int, sweep_dir: Path) -> dict:
+def _trial_record(result, horizon: int, sweep_dir: SweepDir) -> dict:
     # Tune adds trial_id to every result; a trial that failed before its first report has none
     trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
     by_step = {}  # a step reported twice (a worker failed, the run resumed): keep the last
@@ -236,8 +231,8 @@ def _trial_record(result, horizon: int, sweep_dir: Path) -> dict:
             by_step[int(st)] = {"step": int(st), METRIC: float(acc), "val_gold_prob": float(gp)}
     history = [by_step[k] for k in sorted(by_step)]
     last = history[-1] if history else {}
-    out_dir = sweep_dir / "trials" / trial_id
-    adapter = out_dir / "adapter"
+    out_dir = sweep_dir.trial(trial_id)
+    adapter = out_dir.export(EXPORT_ADAPTER)
     steps = last.get("step", 0)
     status = "error" if result.error else ("completed" if steps >= horizon else "stopped")
     return {
@@ -252,7 +247,7 @@ def _trial_record(result, horizon: int, sweep_dir: Path) -> dict:
         "status": status,
         "error": str(result.error) if result.error else None,
         "history": history,
-        "output_dir": str(out_dir),
+        "output_dir": str(out_dir.root),
         "adapter": str(adapter) if adapter.is_dir() and status == "completed" else None,
     }
 

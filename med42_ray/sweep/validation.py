@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from med42_ray.benchmarks import BenchmarkItem
+from med42_ray.data.template import MED42_SYSTEM_PROMPT
 from med42_ray.eval.prompts import Request, build_request
 
 METRICS = ("val_accuracy", "val_gold_prob", "val_questions")
@@ -42,9 +43,11 @@ class Validation:
 
     @classmethod
     def build(cls, items: list[BenchmarkItem], protocol: str, every_steps: int, model: str,
-              max_batch_tokens: int = 8192, max_length: int | None = None) -> "Validation":
-        return cls(list(items), [build_request(it, protocol) for it in items], every_steps, model,
-                   max_batch_tokens, max_length)
+              max_batch_tokens: int = 8192, max_length: int | None = None,
+              system_prompt: str | None = MED42_SYSTEM_PROMPT) -> "Validation":
+        """`system_prompt`: the run's `prepare.system_prompt` (the `med42_chat` protocol asks with it)."""
+        requests = [build_request(it, protocol, system_prompt) for it in items]
+        return cls(list(items), requests, every_steps, model, max_batch_tokens, max_length)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_tokenizer": None}  # each worker loads its own

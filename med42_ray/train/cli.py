@@ -6,20 +6,19 @@ import argparse
 import json
 
 
-def _shortcuts(args: argparse.Namespace) -> list[str]:
-    pairs = (("strategy", "train.strategy"), ("num_workers", "train.scaling.num_workers"),
-             ("max_steps", "train.max_steps"), ("data_dir", "train.data_dir"))
-    out = [f"{key}={getattr(args, flag)}" for flag, key in pairs if getattr(args, flag, None) is not None]
-    if getattr(args, "use_gpu", False):
-        out.append("train.scaling.use_gpu=true")
-    return out
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    """fine-tune the model on prepared data: full-parameter (DeepSpeed ZeRO) or LoRA, on Ray Train
+
+    Train on the Parquet shards written by `prepare`, with Ray Train workers running DeepSpeed.
+    Logs per-step metrics to <run_dir>/train/<strategy>/metrics.jsonl and Ray, checkpoints to
+    the Ray Train storage (rerunning resumes), and exports a Hugging Face model beside them
+    (full: model/; lora: adapter/ and merged/). With no --model it trains the embedded tiny
+    Llama on CPU.
+    """
     from med42_ray.cli import load_from_args
     from med42_ray.train.trainer import run_train
 
-    cfg = load_from_args(args, _shortcuts(args))
+    cfg = load_from_args(args)
     result = run_train(cfg)
     if result.metrics:
         first, last = result.metrics[0], result.metrics[-1]
@@ -34,10 +33,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """parameters, memory per GPU per ZeRO stage, and training time for a model and strategy
+
+    Build the model on the meta device (presets llama-2-7b/13b/70b need no download), count total
+    and trainable parameters, estimate model-state memory per GPU for each ZeRO stage and offload
+    choice (beside DeepSpeed's own estimators), and tokens/s and wall time.
+    """
     from med42_ray.cli import load_from_args
     from med42_ray.train.plan import format_plan, make_plan
 
-    cfg = load_from_args(args, _shortcuts(args))
+    cfg = load_from_args(args)
     plan = make_plan(cfg.model, cfg.train.strategy, gpus=args.gpus, tokens=args.tokens, mfu=args.mfu,
                      peak_tflops=args.peak_tflops, seq_len=args.seq_len, micro_batch_size=cfg.train.micro_batch_size,
                      gpus_per_node=args.gpus_per_node, lora=cfg.train.lora,
@@ -47,34 +52,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from med42_ray.cli import add_command
+    from med42_ray.cli import add_command, add_config_flag
 
-    p = add_command(
-        sub, "train", cmd_train,
-        help="fine-tune the model on prepared data: full-parameter (DeepSpeed ZeRO) or LoRA, on Ray Train",
-        description=(
-            "Train on the Parquet shards written by `prepare`, with Ray Train workers running DeepSpeed. "
-            "Logs per-step metrics to <run_dir>/train/metrics.jsonl and Ray, checkpoints to the Ray "
-            "Train storage (rerunning resumes), and exports a Hugging Face model (full: model/; "
-            "lora: adapter/ and merged/). With no --model it trains the embedded tiny Llama on CPU."
-        ),
-    )
-    p.add_argument("--strategy", choices=["full", "lora"], default=None, help="overrides train.strategy")
-    p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (train.scaling.num_workers)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (train.scaling.use_gpu)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
-    p.add_argument("--data-dir", default=None, help="prepared data (default: <run_dir>/prepared)")
+    p = add_command(sub, "train", cmd_train)
+    add_config_flag(p, "--strategy", "train.strategy", choices=["full", "lora"], help="overrides train.strategy")
+    add_config_flag(p, "--num-workers", "train.scaling.num_workers", type=int,
+                    help="Ray Train workers (train.scaling.num_workers)")
+    add_config_flag(p, "--use-gpu", "train.scaling.use_gpu", action="store_true",
+                    help="one GPU per worker (train.scaling.use_gpu)")
+    add_config_flag(p, "--max-steps", "train.max_steps", type=int, help="stop after N optimizer steps")
+    add_config_flag(p, "--data-dir", "train.data_dir", help="prepared data (default: <run_dir>/prepared)")
 
-    q = add_command(
-        sub, "plan", cmd_plan,
-        help="parameters, memory per GPU per ZeRO stage, and training time for a model and strategy",
-        description=(
-            "Build the model on the meta device (presets llama-2-7b/13b/70b need no download), count "
-            "total and trainable parameters, estimate model-state memory per GPU for each ZeRO stage "
-            "and offload choice (beside DeepSpeed's own estimators), and tokens/s and wall time."
-        ),
-    )
-    q.add_argument("--strategy", choices=["full", "lora"], default=None, help="overrides train.strategy")
+    q = add_command(sub, "plan", cmd_plan)
+    add_config_flag(q, "--strategy", "train.strategy", choices=["full", "lora"], help="overrides train.strategy")
+    # the job to plan for, not config keys
     q.add_argument("--gpus", type=int, default=8, help="GPUs in the job")
     q.add_argument("--gpus-per-node", type=int, default=8)
     q.add_argument("--tokens", type=lambda v: int(float(v)), default=0, help="tokens to train on (all epochs), for wall time")

@@ -40,7 +40,7 @@ class ScalingSettings(StrictModel):
 class TrainConfig(StrictModel):
     strategy: Strategy = Field("full", description="full-parameter (DeepSpeed ZeRO) or LoRA (peft)")
     data_dir: str | None = Field(None, description="`prepare` output (None: prepare.output_dir, else <run_dir>/prepared)")
-    output_dir: str | None = Field(None, description="metrics.jsonl and the exported model (None: <run_dir>/train)")
+    output_dir: str | None = Field(None, description="metrics.jsonl and the exported model (None: <run_dir>/train/<strategy>)")
 
     # Schedule. None means "the strategy's default" (see STRATEGY_DEFAULTS).
     epochs: int | None = Field(None, ge=1, description="passes over the data (None: full 3, lora 8)")

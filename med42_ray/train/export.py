@@ -9,10 +9,9 @@ The tokenizer is saved beside each, so every exported directory is self-containe
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from med42_ray.layout import EXPORT_ADAPTER, EXPORT_MERGED, EXPORT_MODEL, TrainDir
 from med42_ray.train.config import TrainConfig
 
 
@@ -29,7 +28,7 @@ def gathered_state_dict(engine, trainable_only: bool) -> dict[str, torch.Tensor]
             if not trainable_only or k in trainable}
 
 
-def export_model(engine, cfg: TrainConfig, model_path: str, output_dir: Path, rank: int) -> None:
+def export_model(engine, cfg: TrainConfig, model_path: str, outputs: TrainDir, rank: int) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -41,21 +40,21 @@ def export_model(engine, cfg: TrainConfig, model_path: str, output_dir: Path, ra
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     module = engine.module
     if cfg.strategy == "full":
-        out = output_dir / "model"
+        out = outputs.export(EXPORT_MODEL)
         _for_inference(module).save_pretrained(out, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(out)
         return
 
     from peft import PeftModel
 
-    adapter = output_dir / "adapter"
+    adapter = outputs.export(EXPORT_ADAPTER)
     module.save_pretrained(adapter, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(adapter)
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=module.base_model.model.dtype,
                                                 trust_remote_code=cfg.trust_remote_code, use_safetensors=True)
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-    merged.save_pretrained(output_dir / "merged", safe_serialization=True)
-    tokenizer.save_pretrained(output_dir / "merged")
+    merged.save_pretrained(outputs.export(EXPORT_MERGED), safe_serialization=True)
+    tokenizer.save_pretrained(outputs.export(EXPORT_MERGED))
 
 
 def _for_inference(model):

@@ -16,20 +16,23 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.distributed as dist
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from med42_ray.train import checkpointing
 from med42_ray.train.checkpointing import TrainState
 from med42_ray.train.config import TrainConfig
 from med42_ray.train.metrics import MetricsLog, flops_per_token, peak_flops
-from ray.data.collate_fn import NumpyBatchCollateFn
-
 from med42_ray.train.packing import PackedBatch, collate_packed, loss_sum
+
+if TYPE_CHECKING:  # annotations only
+    from med42_ray.train.strategies import BuiltModel
+    from med42_ray.train.trainer import TrainJob
 
 
 class PackedCollate(NumpyBatchCollateFn):
@@ -42,26 +45,75 @@ class PackedCollate(NumpyBatchCollateFn):
         return collate_packed(batch, pad_id=self.pad_id, vocab_size=self.vocab_size)
 
 
+@dataclass
+class _Worker:
+    """One worker's part of the run: what every step of the loop below needs."""
+
+    cfg: TrainConfig
+    job: TrainJob
+    rank: int
+    world: int
+    device: torch.device
+    engine: Any                 # the DeepSpeed engine
+    built: BuiltModel           # kept alive: transformers treats the model as ZeRO-3 only while it is
+    model_path: str             # the resolved base model (export reloads it)
+    step_hook: Callable[..., None] | None  # tests inject failures through this
+    # Optional held-out scoring every N steps (med42-ray sweep: its val_accuracy drives ASHA, which
+    # can also stop the run early, without export); see med42_ray/sweep/validation.py.
+    validate: Any | None        # a med42_ray.sweep.validation.Validation
+    metrics_log: MetricsLog | None  # rank 0 only
+    model_flops: float          # per token
+    peak: float | None          # FLOP/s of one worker; None: no MFU
+    # A step's time runs from the end of the previous step's report to its own report, so it
+    # includes data loading, collectives and checkpoints: tokens/s is what the run really gets.
+    last_report: float = 0.0
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import deepspeed
+    """Every worker: build the engine, resume, train epoch by epoch, export (see the module doc)."""
     import ray.train
     import ray.train.torch
+
+    from med42_ray.train import export
+
+    cfg = TrainConfig.model_validate(config["train"])
+    job: TrainJob = config["job"]  # planned on the driver (trainer.plan_job)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    engine, built, model_path = _setup_engine(cfg, job, rank, world)
+    torch.manual_seed(job.seed * 1000 + rank + 1)  # each rank its own dropout stream
+    state = _resume(engine, cfg, rank, world)
+    w = _Worker(cfg, job, rank, world, device, engine, built, model_path,
+                step_hook=config.get("step_hook"), validate=config.get("validate"),
+                metrics_log=MetricsLog(job.outputs.metrics, state.step) if rank == 0 else None,
+                model_flops=_model_flops(engine, job.seq_len), peak=peak_flops(cfg.peak_tflops))
+    if rank == 0:
+        _write_run_info(w)
+    collate = PackedCollate(job.pad_id, engine.module.config.vocab_size)
+    shard = ray.train.get_dataset_shard("train")
+    engine.train()
+
+    w.last_report = time.perf_counter()
+    stopped = False  # the sweep's scheduler stopped this run early (validate.stop_requested)
+    while not stopped and state.epoch < job.epochs and state.step < job.total_steps:
+        stopped = _run_epoch(w, state, shard, collate)
+
+    if cfg.export and state.step > 0 and not stopped:
+        export.export_model(engine, cfg, model_path, job.outputs, rank)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _setup_engine(cfg: TrainConfig, job: TrainJob, rank: int, world: int) -> tuple[Any, BuiltModel, str]:
+    """The DeepSpeed engine around the seeded model, its optimizer and warmup + cosine schedule."""
+    import deepspeed
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     from med42_ray.model import resolve_model
-    from med42_ray.train import export, strategies
+    from med42_ray.train import strategies
 
-    cfg = TrainConfig.model_validate(config["train"])
-    job = config["job"]  # computed on the driver: steps, paths, seq_len (see trainer.py)
-    step_hook = config.get("step_hook")  # tests inject failures through this
-    # Optional held-out scoring every N steps (med42-ray sweep: its val_accuracy drives ASHA, which
-    # can also stop the run early, without export); see med42_ray/sweep/validation.py.
-    validate = config.get("validate")
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     use_gpu = cfg.scaling.use_gpu
-    device = ray.train.torch.get_device()
-
     if not use_gpu:
         # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel when it starts (over a
         # minute on 2 cores, and again whenever another process builds it with other flags, e.g. a job
@@ -72,115 +124,128 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
     t_dist = time.perf_counter()
-    torch.manual_seed(job["seed"])  # identical init (LoRA adapters) on every rank
-    model_path = resolve_model(job["model"])
+    torch.manual_seed(job.seed)  # identical init (LoRA adapters) on every rank
+    model_path = resolve_model(job.model)
     ds_config = strategies.deepspeed_config(cfg, world, use_gpu)
     built = strategies.build_model(cfg, model_path, ds_config, use_gpu)
-    model = built.model
-    lr = cfg.resolved_lr()
-    groups = strategies.optimizer_groups(model, cfg.weight_decay)
+    groups = strategies.optimizer_groups(built.model, cfg.weight_decay)
     optimizer = None if cfg.offload_optimizer else torch.optim.AdamW(
-        groups, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
-    total_steps = job["total_steps"]
+        groups, lr=cfg.resolved_lr(), betas=cfg.adam_betas, eps=cfg.adam_eps)
     schedule = partial(get_cosine_with_min_lr_schedule_with_warmup,
-                       num_warmup_steps=round(cfg.warmup_ratio * total_steps),
-                       num_training_steps=total_steps, min_lr_rate=cfg.min_lr_ratio)
+                       num_warmup_steps=round(cfg.warmup_ratio * job.total_steps),
+                       num_training_steps=job.total_steps, min_lr_rate=cfg.min_lr_ratio)
     t1 = time.perf_counter()
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, optimizer=optimizer,
+    engine, _, _, _ = deepspeed.initialize(model=built.model, model_parameters=groups, optimizer=optimizer,
                                            lr_scheduler=schedule, config=ds_config)
     if rank == 0:
         print(f"[med42-ray] DeepSpeed distributed init in {t_dist - t0:.1f}s, model built in {t1 - t_dist:.1f}s, "
               f"DeepSpeed engine in {time.perf_counter() - t1:.1f}s", flush=True)
+    return engine, built, model_path
 
-    torch.manual_seed(job["seed"] * 1000 + rank + 1)  # each rank its own dropout stream
-    state = TrainState()
+
+def _resume(engine, cfg: TrainConfig, rank: int, world: int) -> TrainState:
+    """Where training starts: the last checkpoint's position (model, optimizer and RNG restored), else 0."""
+    import ray.train
+
     resumed = ray.train.get_checkpoint()
-    if resumed is not None:  # restores the RNG too
-        with resumed.as_directory() as ckpt_dir:
-            state = checkpointing.restore(engine, ckpt_dir, rank, world, lora=cfg.strategy == "lora")
-        if rank == 0:
-            print(f"[med42-ray] resumed from checkpoint {resumed.path}: step {state.step}, "
-                  f"epoch {state.epoch}", flush=True)
-
-    metrics_log = MetricsLog(Path(job["metrics_path"]), state.step) if rank == 0 else None
-    n_layers, d_model = engine.module.config.num_hidden_layers, engine.module.config.hidden_size
-    model_flops = flops_per_token(engine.module, n_layers, d_model, job["seq_len"])
-    peak = peak_flops(cfg.peak_tflops)
-    if rank == 0:  # what the report needs besides per-step metrics
-        trainable, total = strategies.trainable_parameters(engine.module)
-        _write_json(Path(job["output_dir"]) / "run_info.json", {
-            "strategy": cfg.strategy, "model": job["model"], "trainable_params": trainable,
-            "total_params": total, "world_size": world, "zero_stage": cfg.resolved_zero_stage(),
-            "seq_len": job["seq_len"], "flops_per_token": model_flops,
-            "peak_flops_per_worker": peak, "total_steps": total_steps, "epochs": job["epochs"],
-            "lr": lr, "lora": cfg.lora.model_dump() if cfg.strategy == "lora" else None})
-    vocab = engine.module.config.vocab_size
-    collate = PackedCollate(job["pad_id"], vocab)
-    shard = ray.train.get_dataset_shard("train")
-    engine.train()
-
-    # A step's time runs from the end of the previous step's report to its own report, so it
-    # includes data loading, collectives and checkpoints: tokens/s is what the run really gets.
-    started = time.perf_counter()
-    stopped = False  # the sweep's scheduler stopped this run early (validate.stop_requested)
-    while not stopped and state.epoch < job["epochs"] and state.step < total_steps:
-        batches = iter(shard.iter_torch_batches(
-            batch_size=cfg.micro_batch_size, collate_fn=collate, drop_last=True,
-            local_shuffle_buffer_size=cfg.shuffle_buffer_rows or None,
-            local_shuffle_seed=(job["seed"] + 7919 * state.epoch + rank) if cfg.shuffle_buffer_rows else None))
-        for _ in range(state.micro_in_epoch):  # resume: skip what this epoch already trained on
-            next(batches)
-        while state.micro_in_epoch + cfg.grad_accum <= job["micro_per_epoch"] and state.step < total_steps:
-            fetch = time.perf_counter()
-            micro = [next(batches).to(device) for _ in range(cfg.grad_accum)]
-            compute = time.perf_counter()
-            lr_used = engine.get_lr()[0]  # the scheduler moves on inside the step
-            row = _train_step(engine, micro, world, cfg.grad_accum, device)
-            done = time.perf_counter()
-            state.step += 1
-            state.micro_in_epoch += cfg.grad_accum
-            state.tokens_seen += row["tokens"]
-            elapsed = done - started
-            row.update(step=state.step, epoch=state.epoch, lr=lr_used,
-                       tokens_per_s=row["tokens"] / elapsed, step_time_s=elapsed,
-                       data_wait_s=compute - fetch, compute_s=done - compute, tokens_seen=state.tokens_seen)
-            row["mfu"] = model_flops * row["tokens_per_s"] / (peak * world) if peak else None
-            if validate is not None and validate.due(state.step, total_steps):
-                # On every rank (under ZeRO-3 forwards are collective); the metrics join this
-                # step's row, so they reach metrics.jsonl and ray.train.report together.
-                engine.eval()
-                row.update(validate(engine.module, rank=rank, world=world, device=device,
-                                    params_partitioned=cfg.resolved_zero_stage() == 3))
-                engine.train()
-            epoch_done = state.micro_in_epoch + cfg.grad_accum > job["micro_per_epoch"]
-            if epoch_done:
-                state.epoch += 1
-                state.micro_in_epoch = 0
-            want_ckpt = epoch_done or state.step == total_steps or (
-                cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0)
-            _report(engine, state, row, rank, world, cfg, want_ckpt, metrics_log)
-            started = time.perf_counter()
-            if step_hook is not None:
-                step_hook(step=state.step, rank=rank)
-            # Collective, so every rank leaves at the same step; never after the last step (a
-            # trial stopped there has finished and is still exported).
-            stopped = (validate is not None and state.step < total_steps
-                       and validate.stop_requested(rank=rank, device=device))
-            if epoch_done or stopped:
-                break
-        if not stopped:
-            for _ in batches:  # finish the epoch on every rank so the shared split advances together
-                pass
-
-    if cfg.export and state.step > 0 and not stopped:
-        export.export_model(engine, cfg, model_path, Path(job["output_dir"]), rank)
-    if dist.is_initialized():
-        dist.barrier()
+    if resumed is None:
+        return TrainState()
+    with resumed.as_directory() as ckpt_dir:
+        state = checkpointing.restore(engine, ckpt_dir, rank, world, lora=cfg.strategy == "lora")
+    if rank == 0:
+        print(f"[med42-ray] resumed from checkpoint {resumed.path}: step {state.step}, "
+              f"epoch {state.epoch}", flush=True)
+    return state
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _model_flops(engine, seq_len: int) -> float:
+    config = engine.module.config
+    return flops_per_token(engine.module, config.num_hidden_layers, config.hidden_size, seq_len)
+
+
+def _write_run_info(w: _Worker) -> None:
+    """What the report needs besides the per-step metrics."""
+    from med42_ray.train import strategies
+
+    cfg, job = w.cfg, w.job
+    trainable, total = strategies.trainable_parameters(w.engine.module)
+    path = job.outputs.run_info
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    path.write_text(json.dumps({
+        "strategy": cfg.strategy, "model": job.model, "trainable_params": trainable,
+        "total_params": total, "world_size": w.world, "zero_stage": cfg.resolved_zero_stage(),
+        "seq_len": job.seq_len, "flops_per_token": w.model_flops,
+        "peak_flops_per_worker": w.peak, "total_steps": job.total_steps, "epochs": job.epochs,
+        "lr": cfg.resolved_lr(), "lora": cfg.lora.model_dump() if cfg.strategy == "lora" else None},
+        indent=1) + "\n")
+
+
+def _run_epoch(w: _Worker, state: TrainState, shard, collate: PackedCollate) -> bool:
+    """Train on the rest of the current epoch (up to the run's last step); True if the sweep stopped the run."""
+    cfg, job = w.cfg, w.job
+    batches = iter(shard.iter_torch_batches(
+        batch_size=cfg.micro_batch_size, collate_fn=collate, drop_last=True,
+        local_shuffle_buffer_size=cfg.shuffle_buffer_rows or None,
+        local_shuffle_seed=(job.seed + 7919 * state.epoch + w.rank) if cfg.shuffle_buffer_rows else None))
+    for _ in range(state.micro_in_epoch):  # resume: skip what this epoch already trained on
+        next(batches)
+    stopped = False
+    while state.micro_in_epoch + cfg.grad_accum <= job.micro_per_epoch and state.step < job.total_steps:
+        row = _optimizer_step(w, state, batches)
+        epoch_done = state.micro_in_epoch + cfg.grad_accum > job.micro_per_epoch
+        if epoch_done:
+            state.epoch += 1
+            state.micro_in_epoch = 0
+        _report(w, state, row, with_checkpoint=epoch_done or _checkpoint_due(w, state))
+        w.last_report = time.perf_counter()
+        if w.step_hook is not None:
+            w.step_hook(step=state.step, rank=w.rank)
+        stopped = _stop_requested(w, state)
+        if epoch_done or stopped:
+            break
+    if not stopped:
+        for _ in batches:  # finish the epoch on every rank so the shared split advances together
+            pass
+    return stopped
+
+
+def _optimizer_step(w: _Worker, state: TrainState, batches) -> dict:
+    """Fetch `grad_accum` micro-batches, train on them, advance `state`; returns the step's metrics row."""
+    fetch = time.perf_counter()
+    micro = [next(batches).to(w.device) for _ in range(w.cfg.grad_accum)]
+    compute = time.perf_counter()
+    lr_used = w.engine.get_lr()[0]  # the scheduler moves on inside the step
+    row = _train_step(w.engine, micro, w.world, w.cfg.grad_accum, w.device)
+    done = time.perf_counter()
+    state.step += 1
+    state.micro_in_epoch += w.cfg.grad_accum
+    state.tokens_seen += row["tokens"]
+    elapsed = done - w.last_report
+    row.update(step=state.step, epoch=state.epoch, lr=lr_used,
+               tokens_per_s=row["tokens"] / elapsed, step_time_s=elapsed,
+               data_wait_s=compute - fetch, compute_s=done - compute, tokens_seen=state.tokens_seen)
+    row["mfu"] = w.model_flops * row["tokens_per_s"] / (w.peak * w.world) if w.peak else None
+    if w.validate is not None and w.validate.due(state.step, w.job.total_steps):
+        # On every rank (under ZeRO-3 forwards are collective); the metrics join this step's
+        # row, so they reach metrics.jsonl and ray.train.report together.
+        w.engine.eval()
+        row.update(w.validate(w.engine.module, rank=w.rank, world=w.world, device=w.device,
+                              params_partitioned=w.cfg.resolved_zero_stage() == 3))
+        w.engine.train()
+    return row
+
+
+def _checkpoint_due(w: _Worker, state: TrainState) -> bool:
+    """Checkpoint at the last step and every `checkpoint_every_steps` (epoch ends always checkpoint)."""
+    every = w.cfg.checkpoint_every_steps
+    return state.step == w.job.total_steps or bool(every and state.step % every == 0)
+
+
+def _stop_requested(w: _Worker, state: TrainState) -> bool:
+    """Has the sweep's scheduler stopped this run? Collective, so every rank leaves at the same
+    step; never after the last step (a trial stopped there has finished and is still exported)."""
+    return (w.validate is not None and state.step < w.job.total_steps
+            and w.validate.stop_requested(rank=w.rank, device=w.device))
 
 
 def _train_step(engine, micro: list, world: int, grad_accum: int, device) -> dict:
@@ -209,16 +274,16 @@ def _train_step(engine, micro: list, world: int, grad_accum: int, device) -> dic
     }
 
 
-def _report(engine, state: TrainState, row: dict, rank: int, world: int, cfg: TrainConfig,
-            with_checkpoint: bool, log: MetricsLog | None) -> None:
+def _report(w: _Worker, state: TrainState, row: dict, with_checkpoint: bool) -> None:
+    """Log the row (rank 0) and report it to Ray Train, with this rank's part of a checkpoint if asked."""
     import ray.train
 
-    if log is not None:
-        log.write(row)
+    if w.metrics_log is not None:
+        w.metrics_log.write(row)
     if not with_checkpoint:
         ray.train.report(row)
         return
-    local = checkpointing.save(engine, state, rank, world, lora=cfg.strategy == "lora")
+    local = checkpointing.save(w.engine, state, w.rank, w.world, lora=w.cfg.strategy == "lora")
     try:
         ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(str(local)),
                          checkpoint_dir_name=f"step_{state.step:08d}")

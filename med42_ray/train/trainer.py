@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pyarrow.parquet as pq
 
-from med42_ray.config import ConfigError, RunConfig, resolve_path
+from med42_ray.errors import ConfigError
+from med42_ray.layout import PreparedDir, TrainDir, storage_path_for, train_data_dir_for, train_dir_for
 from med42_ray.train.config import TrainConfig
 from med42_ray.train.metrics import read_metrics
+
+if TYPE_CHECKING:  # annotations only: a stage never imports the config composition at run time
+    from med42_ray.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,28 +35,8 @@ class TrainResult:
     exported: dict[str, Path]
 
 
-def data_dir_for(cfg: RunConfig) -> Path:
-    t = cfg.train
-    if t.data_dir:
-        return resolve_path(t.data_dir)
-    if cfg.prepare.output_dir:
-        return resolve_path(cfg.prepare.output_dir)
-    return Path(cfg.run_dir) / "prepared"
-
-
-def output_dir_for(cfg: RunConfig) -> Path:
-    return (resolve_path(cfg.train.output_dir) if cfg.train.output_dir else Path(cfg.run_dir) / "train").resolve()
-
-
-def storage_path_for(cfg: RunConfig) -> str:
-    path = cfg.train.storage_path
-    if path and "://" in path:
-        return path  # s3:// gs:// ...: Ray resolves it with pyarrow.fs
-    return str((Path(path) if path else Path(cfg.run_dir) / "ray_results").expanduser().resolve())
-
-
-def read_manifest(data_dir: Path) -> tuple[dict, list[str]]:
-    manifest_path = data_dir / "manifest.json"
+def read_manifest(prepared: PreparedDir) -> tuple[dict, list[str]]:
+    data_dir, manifest_path = prepared.root, prepared.manifest
     if not manifest_path.is_file():
         raise ConfigError(f"no prepared data at {data_dir}: {manifest_path.name} not found "
                           "(run `med42-ray prepare` first, or set train.data_dir)")
@@ -68,14 +53,37 @@ def read_manifest(data_dir: Path) -> tuple[dict, list[str]]:
         if missing:
             raise ConfigError(f"{manifest_path}: lists shards that do not exist: {', '.join(missing[:3])}")
     else:
-        shards = sorted(str(p) for p in (data_dir / "shards").glob("*.parquet"))
+        shards = sorted(str(p) for p in prepared.shards.glob("*.parquet"))
     if not shards:
-        raise ConfigError(f"{data_dir / 'shards'}: no .parquet shards")
+        raise ConfigError(f"{prepared.shards}: no .parquet shards")
     return manifest, shards
 
 
-def job_plan(tcfg: TrainConfig, num_rows: int, world: int) -> dict:
+@dataclass(frozen=True)
+class TrainJob:
+    """What the driver decides once and hands every worker (`train_loop_config["job"]`): the
+    schedule, identical on every worker, and what the loop needs besides TrainConfig. Plain
+    values, so it pickles to the workers."""
+
+    micro_per_epoch: int   # micro-batches each worker trains on per epoch
+    steps_per_epoch: int   # optimizer steps per epoch
+    epochs: int
+    total_steps: int       # the whole run: epochs x steps_per_epoch, capped by train.max_steps
+    model: str             # as configured (a name or a directory); each worker resolves it
+    seed: int
+    seq_len: int           # the packed row length prepare wrote (manifest)
+    pad_id: int            # fills the rows of a micro-batch up to its longest (labels mask it)
+    outputs: TrainDir      # metrics.jsonl, run_info.json and the exports
+
+
+def count_rows(shards: list[str]) -> int:
+    """Packed rows in the prepared shards, from the Parquet footers only."""
+    return sum(pq.read_metadata(s).num_rows for s in shards)
+
+
+def plan_job(cfg: RunConfig, manifest: dict, num_rows: int) -> TrainJob:
     """Steps per epoch and in total, identical on every worker (equal shards drop the remainder)."""
+    tcfg, world = cfg.train, cfg.train.scaling.num_workers
     rows_per_worker = num_rows // world
     micro_per_epoch = rows_per_worker // tcfg.micro_batch_size
     steps_per_epoch = micro_per_epoch // tcfg.grad_accum
@@ -87,23 +95,28 @@ def job_plan(tcfg: TrainConfig, num_rows: int, world: int) -> dict:
     total = epochs * steps_per_epoch
     if tcfg.max_steps is not None:
         total = min(total, tcfg.max_steps)
-    return {"micro_per_epoch": micro_per_epoch, "steps_per_epoch": steps_per_epoch,
-            "epochs": epochs, "total_steps": total}
+    return TrainJob(micro_per_epoch=micro_per_epoch, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                    total_steps=total, model=cfg.model, seed=cfg.seed, seq_len=int(manifest["seq_len"]),
+                    pad_id=0, outputs=train_dir_for(cfg))
 
 
-def cpus_per_worker(tcfg: TrainConfig, cluster_cpus: float) -> float:
+def cpus_per_worker(tcfg: TrainConfig, cluster_cpus: float, reserved_cpus: float = 0.0) -> float:
     """Workers must leave CPU for Ray Data's read tasks, or the data never arrives and the
-    workers wait forever: on a 2-core machine two 1-CPU workers would starve the reads."""
+    workers wait forever: on a 2-core machine two 1-CPU workers would starve the reads. One CPU is
+    left for the reads, `reserved_cpus` for whoever else holds some (the sweep's trial), and the
+    rest is shared, floored to 0.01 so that the workers never ask for more than there is."""
     s = tcfg.scaling
     if s.cpus_per_worker is not None:
         return s.cpus_per_worker
     if s.use_gpu:
         return 1.0
-    spare = (cluster_cpus - 1) / s.num_workers
-    if spare <= 0:
+    # The epsilon absorbs float error (1.13 CPUs - 1 is 12.99999999999999 hundredths), far below Ray's resolution.
+    share = math.floor(100 * (cluster_cpus - 1 - reserved_cpus) / s.num_workers + 1e-9) / 100
+    if share <= 0:
+        others = f", data loading and {reserved_cpus:g} reserved" if reserved_cpus else " plus data loading"
         raise ConfigError(f"the Ray cluster has {cluster_cpus:g} CPUs: not enough for {s.num_workers} "
-                          "training workers plus data loading; lower train.scaling.num_workers")
-    return min(1.0, round(spare, 2))
+                          f"training workers{others}; lower train.scaling.num_workers")
+    return min(1.0, share)
 
 
 def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, callbacks: list | None = None,
@@ -125,10 +138,11 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
     from med42_ray.train.loop import train_loop_per_worker
 
     tcfg = cfg.train
-    data_dir = data_dir_for(cfg)
+    data_dir = train_data_dir_for(cfg)
     manifest, shards = read_manifest(data_dir)
-    out_dir = output_dir_for(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    job = plan_job(cfg, manifest, count_rows(shards))  # before Ray starts: a too-small dataset fails fast
+    outputs = job.outputs
+    outputs.root.mkdir(parents=True, exist_ok=True)
     resolve_model(cfg.model)  # fail fast here, and build the tiny model once for local workers
     connect(cfg.ray)
 
@@ -136,11 +150,7 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
     ctx.enable_progress_bars = False  # per-step metrics are the progress report
     dataset = ray.data.read_parquet(shards).select_columns(["input_ids", "labels", "position_ids"])
     world = tcfg.scaling.num_workers
-    num_rows = sum(pq.read_metadata(s).num_rows for s in shards)  # footers only
-    plan = job_plan(tcfg, num_rows, world)
-    job = {**plan, "model": cfg.model, "seed": cfg.seed, "seq_len": int(manifest["seq_len"]), "pad_id": 0,
-           "output_dir": str(out_dir), "metrics_path": str(out_dir / "metrics.jsonl")}
-    log.info("training %s (%s) on %s: %s", cfg.model, tcfg.strategy, data_dir, plan)
+    log.info("training %s (%s) on %s: %s", cfg.model, tcfg.strategy, data_dir.root, job)
 
     resources = {"CPU": cpus_per_worker(tcfg, ray.cluster_resources().get("CPU", 0)),
                  **(tcfg.scaling.resources_per_worker or {})}
@@ -167,15 +177,10 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    metrics_path = out_dir / "metrics.jsonl"
-    exported = {}
-    if tcfg.export:
-        names = ["model"] if tcfg.strategy == "full" else ["adapter", "merged"]
-        exported = {n: out_dir / n for n in names if (out_dir / n).is_dir()}
     return TrainResult(
-        output_dir=out_dir,
-        metrics_path=metrics_path,
-        metrics=read_metrics(metrics_path) if metrics_path.is_file() else [],
+        output_dir=outputs.root,
+        metrics_path=outputs.metrics,
+        metrics=read_metrics(outputs.metrics) if outputs.metrics.is_file() else [],
         checkpoint_path=result.checkpoint.path if result.checkpoint is not None else None,
-        exported=exported,
+        exported=outputs.exported(tcfg.strategy) if tcfg.export else {},
     )

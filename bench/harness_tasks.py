@@ -3,8 +3,9 @@
 lm-eval's medical tasks load Hugging Face datasets (GBaker/MedQA-USMLE-4-options-hf, ...). Offline,
 we write the same questions in each dataset's schema to a JSON-lines file and a task YAML that
 `include`s the installed task YAML, overriding only where the data comes from. The prompts and
-scoring are then lm-eval's own: tests compare our prompts with them, bench/bench_eval.py compares
-our scores and speed with lm-eval's HF backend.
+scoring are then lm-eval's own: tests/test_eval_harness.py compares our prompts with them,
+bench/bench_eval.py our scores and speed with lm-eval's HF backend. Only those two use it, so it
+lives beside the benchmarks rather than in the package (which never imports lm-eval).
 """
 
 from __future__ import annotations
