@@ -28,4 +28,3 @@ def format_multiple_choice(question: str, options: Sequence[str]) -> str:
 def format_mc_answer(options: Sequence[str], gold: int) -> str:
     """The answer side of an MC row: letter and text, e.g. 'B. Cisplatin'."""
     return f"{LETTERS[gold]}. {options[gold].strip()}"
-

@@ -48,7 +48,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """the pipeline in miniature on the embedded default (tiny Llama, sample data), ~10 min on 2 CPUs
+    """the pipeline in miniature on the embedded default (tiny Llama, sample data), ~5 min on 2 CPUs
 
     Sample mixture -> short pre-training of the tiny Llama on the general-domain sample ->
     full-parameter and LoRA fine-tuning -> zero-shot evaluation of base, full and LoRA -> report.

@@ -16,11 +16,10 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from med42_ray.errors import ConfigError
-from med42_ray.layout import EXPORT_ADAPTER, EXPORT_MODEL, RunLayout, export_names, prepared_dir_for
+from med42_ray.layout import EXPORT_ADAPTER, EXPORT_MODEL, export_names, layout_for, prepared_dir_for
 from med42_ray.pipeline.config import merged_train_config
 from med42_ray.pipeline.markers import StageMarkers, fingerprint
 
@@ -46,9 +45,8 @@ class Stage:
 
 class Pipeline:
     def __init__(self, cfg: RunConfig):
-        self.run_dir = Path(cfg.run_dir).expanduser().resolve()
-        self.cfg = cfg.model_copy(update={"run_dir": str(self.run_dir)}, deep=True)
-        self.layout = RunLayout(self.run_dir)
+        self.layout = layout_for(cfg)  # absolute: every derived config names the same directory
+        self.cfg = cfg.model_copy(update={"run_dir": str(self.layout.root)}, deep=True)
         self.markers = StageMarkers(self.layout.stages)
         self.outputs: dict[str, dict] = {}
 
@@ -152,7 +150,7 @@ class Pipeline:
     def _report(self) -> dict:
         from med42_ray.report import build_report
 
-        return {"report": str(build_report(self.run_dir, self.layout.report))}
+        return {"report": str(build_report(self.layout.root, self.layout.report))}
 
     # ---- running ----------------------------------------------------------------------------
 
@@ -168,7 +166,7 @@ class Pipeline:
 
     def run(self) -> dict[str, dict]:
         planned = self.plan()
-        print(f"pipeline {self.run_dir}: " + " -> ".join(s.name for s, _ in planned), flush=True)
+        print(f"pipeline {self.layout.root}: " + " -> ".join(s.name for s, _ in planned), flush=True)
         for stage, fp in planned:
             marker = self.markers.finished(stage.name, fp)
             if marker is not None:

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 import yaml
 
 from med42_ray.errors import ConfigError
-from med42_ray.layout import EXPORT_ADAPTER, SweepDir, storage_path_for, sweep_dir_for, train_data_dir_for
+from med42_ray.layout import (EXPORT_ADAPTER, SweepDir, layout_for, storage_path_for, sweep_dir_for,
+                              train_data_dir_for)
 from med42_ray.paths import resolve_path
 from med42_ray.sweep.validation import Validation
 
@@ -77,7 +78,7 @@ def trial_base_config(cfg: RunConfig, sweep_dir: SweepDir, cluster_cpus: float) 
     t.storage_path = storage_path_for(cfg) if cfg.train.storage_path else str(sweep_dir.tune)
     if cfg.sweep.max_steps is not None:
         t.max_steps = cfg.sweep.max_steps
-    base.run_dir = str(Path(cfg.run_dir).expanduser().resolve())
+    base.run_dir = str(layout_for(cfg).root)
     if Path(cfg.model).expanduser().exists():  # a local directory, maybe relative
         base.model = str(Path(cfg.model).expanduser().resolve())
     if not t.scaling.use_gpu and t.scaling.cpus_per_worker is None:
