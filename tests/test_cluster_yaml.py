@@ -47,3 +47,69 @@ def test_auth_on_and_dashboard_not_public():
     assert ports == [22]
     text = (REPO / "cluster.yaml").read_text()
     assert "hf_" not in text.lower().replace("hf_token", "")  # no secrets in the file
+
+
+# The p5 / p4de node types: every network card carries an EFA interface (AWS: p5.48xlarge has 32
+# cards, p4de.24xlarge 4); without them NCCL runs over TCP between nodes.
+EFA_CARDS = {"p5.48xlarge": 32, "p4de.24xlarge": 4}
+
+
+def _node_configs_by_instance() -> dict[str, dict]:
+    return {v["node_config"]["InstanceType"]: v["node_config"] for v in _config()["available_node_types"].values()}
+
+
+def test_efa_interfaces_on_every_network_card_of_the_p5_and_p4de_nodes():
+    configs = _node_configs_by_instance()
+    for instance, cards in EFA_CARDS.items():
+        config = configs[instance]
+        interfaces = config["NetworkInterfaces"]
+        assert [ni["NetworkCardIndex"] for ni in interfaces] == list(range(cards)), instance
+        assert all(ni["InterfaceType"] == "efa" for ni in interfaces), instance
+        # the primary interface is device 0 on card 0; every other card carries device 1
+        assert [ni["DeviceIndex"] for ni in interfaces] == [0] + [1] * (cards - 1), instance
+        assert config["Placement"]["GroupName"], instance  # cluster placement group
+        # Ray's AWS provider (_configure_subnets_and_groups_from_network_interfaces) takes subnet and
+        # security group from the interfaces: each names both, and the node config names neither.
+        assert all(ni["SubnetId"] and ni["Groups"] for ni in interfaces), instance
+        assert not {"SubnetId", "SubnetIds", "SecurityGroupIds"} & set(config), instance
+        # one subnet and one group: EFA traffic stays within one security group and one AZ
+        assert len({ni["SubnetId"] for ni in interfaces}) == 1, instance
+        assert len({tuple(ni["Groups"]) for ni in interfaces}) == 1, instance
+    assert not any("NetworkInterfaces" in c for i, c in configs.items() if i not in EFA_CARDS)
+
+
+def test_setup_installs_the_tested_pins_and_keeps_nothing_from_the_image():
+    commands = _config()["setup_commands"]
+    installs = [c for c in commands if " pip install " in f" {c} " and "pip==" not in c]
+    assert installs, "setup installs nothing"
+    for cmd in installs:
+        assert "-c ~/med42-ray/constraints.txt" in cmd, cmd  # the versions the test suite passed with
+        assert not {"-U", "--upgrade", "--upgrade-strategy"} & set(cmd.split()), cmd
+        assert cmd.startswith("~/med42-env/bin/python -m pip"), cmd  # a virtualenv of our own
+        for arg in cmd.split()[4:]:  # what is not in constraints.txt is pinned here
+            if not arg.startswith(("-", "~")):
+                assert arg in _constraint_names() or "==" in arg, arg
+    assert installs[0].endswith(" torch")  # torch first, as the README installs it
+    assert any("-e ~/med42-ray" in c for c in installs)
+
+
+def _constraint_names() -> set[str]:
+    lines = (REPO / "constraints.txt").read_text().splitlines()
+    return {line.split("==")[0].lower() for line in lines if "==" in line and not line.startswith("#")}
+
+
+def test_ray_starts_with_the_efa_environment_where_there_is_efa():
+    config = _config()
+    worker = " ".join(config["worker_start_ray_commands"])
+    for var in ("FI_PROVIDER=efa", "FI_EFA_USE_DEVICE_RDMA=1", "/opt/amazon/efa/lib"):
+        assert var in worker
+    assert worker.index("FI_PROVIDER=efa") < worker.index("ray start")
+
+
+def test_every_shell_command_parses():
+    import subprocess
+
+    config = _config()
+    for key in ("initialization_commands", "setup_commands", "head_start_ray_commands", "worker_start_ray_commands"):
+        for cmd in config[key]:
+            subprocess.run(["bash", "-n", "-c", cmd], check=True)

@@ -106,3 +106,23 @@ def test_paper_configs_load_with_the_papers_settings():
         assert (full.resolved_epochs(), lora.resolved_epochs(), lora.lora.r) == (3, 8, 8)
         assert len(lora.lora.target_modules) == 7  # every linear layer
         assert cfg.prepare.benchmarks_dir == cfg.evaluate.benchmarks_dir
+
+
+def test_paper_configs_train_with_flex_attention():
+    """Packed documents kept apart by a kernel that needs nothing beyond torch (train/packing.py)."""
+    for name in ("llama-2-7b", "llama-2-70b"):
+        assert load_config(PACKAGE_DIR / "configs" / f"{name}.yaml").train.attn_implementation == "flex_attention"
+
+
+def test_attention_kernel_is_validated():
+    with pytest.raises(ConfigError, match=r"train\.attn_implementation: Input should be 'sdpa', 'eager', "
+                                          r"'flex_attention', 'flash_attention_2' or 'flash_attention_3'"):
+        load_config(None, ["train.attn_implementation=flash2"])
+    with pytest.raises(ConfigError, match="flash_attention_2 runs on NVIDIA GPUs only: set scaling.use_gpu"):
+        load_config(None, ["train.attn_implementation=flash_attention_2"])
+    with pytest.raises(ConfigError, match="flash_attention_2 computes in bf16/fp16 only"):
+        load_config(None, ["train.attn_implementation=flash_attention_2", "train.scaling.use_gpu=true",
+                           "train.precision=fp32"])
+    gpu = load_config(None, ["train.attn_implementation=flash_attention_2", "train.scaling.use_gpu=true"])
+    assert gpu.train.attn_implementation == "flash_attention_2"
+    assert load_config(None, ["train.attn_implementation=flex_attention"]).train.attn_implementation == "flex_attention"

@@ -126,6 +126,27 @@ def test_batched_scores_equal_brute_force(scorer, items, protocol):
         assert {s.method for s, r in zip(fast, requests) if r.benchmark == "mmlu_anatomy"} == {"one_pass"}
 
 
+@pytest.mark.parametrize("protocol", ["harness", "full_text"])
+def test_a_model_spread_by_a_device_map_scores_the_same(scorer, tiny_dir, items, protocol, tmp_path):
+    """A 70B eval actor spreads the layers over its GPUs with accelerate's device map; the only split
+    a CPU machine has is memory + disk offload: the hooks, the last hidden state and the KV cache then
+    come from a dispatched model the way they do on several GPUs (bench/gpu_check splits cuda:0 and
+    cpu for real)."""
+    from transformers import AutoModelForCausalLM
+
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                  "model.layers.1": "disk", "model.norm": "disk", "lm_head": "disk"}
+    spread = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, device_map=device_map,
+                                                  offload_folder=str(tmp_path))
+    assert spread.lm_head.weight.device.type == "meta"  # its weights come from disk at each forward
+    requests = [build_request(it, protocol) for it in items]
+    got = Scorer(spread.eval(), scorer.tokenizer, max_batch_tokens=2048).score(requests)
+    for r, a, b in zip(requests, got, scorer.score(requests)):
+        assert_loglikelihoods_close(a.loglikelihoods, b.loglikelihoods, b.num_tokens, r.item_id)
+        assert a.is_greedy == b.is_greedy and a.method == b.method
+    assert {s.method for s in got} >= {"prefix_cache"}
+
+
 def test_truncated_prompts_fall_back_to_lm_eval_recipe(tiny_dir, items):
     tokenizer, model = load_model(str(tiny_dir), dtype="float32", device="cpu")
     short = Scorer(model, tokenizer, max_length=64)  # every prompt is longer: left-truncated per choice
@@ -141,14 +162,17 @@ def test_truncated_prompts_fall_back_to_lm_eval_recipe(tiny_dir, items):
 
 def test_equal_prompts_are_scored_once(scorer, items):
     r = build_request(items[0], "harness")
+    decoder = scorer.model.get_decoder()  # every scoring path runs through it
     calls = []
-    forward = scorer.model.forward
-    scorer.model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    forward = decoder.forward
+    decoder.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
     try:
+        scorer.score([r])
+        once = len(calls)
         a, b = scorer.score([r, r])
     finally:
-        scorer.model.forward = forward
-    assert a is b and len(calls) == 1
+        decoder.forward = forward
+    assert a is b and once > 0 and len(calls) == 2 * once
 
 
 def test_scores_match_lm_eval_hf_backend(scorer, items):

@@ -52,6 +52,16 @@ def test_lora_states_are_a_small_share_and_json_output(capsys):
     assert plan["trainable_params"] == 19_988_480  # r=8 on all 7 projections of 32 layers
     stage2 = next(r for r in plan["memory"] if r["zero_stage"] == 2 and r["offload"] == "none")
     assert stage2["gpu_bytes"] == 2 * plan["total_params"] + 18 * plan["trainable_params"]
+    # LoRA's default ZeRO-2: adapters in bf16 + their fp32 master weights and Adam moments
+    assert plan["checkpoint"] == {"complete": 14 * 19_988_480}
+
+
+def test_plan_prices_complete_and_weights_only_checkpoints(capsys):
+    assert main(["plan", "--model", "llama-2-70b", "--strategy", "full", "--gpus", "32", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    n = plan["total_params"]
+    assert plan["checkpoint"] == {"complete": 12 * n, "weights_only": 4 * n}
+    assert 0.8e12 < plan["checkpoint"]["complete"] < 0.85e12  # the ~0.8 TB a 70B ZeRO-3 checkpoint takes
 
 
 def test_model_state_formula_is_deepspeeds_for_zero2_and_zero3():

@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.utils import is_flash_attn_2_available
 
-from med42_ray.train.packing import IGNORE_INDEX, collate_packed, loss_sum, next_token_targets, token_losses
+from med42_ray.train.packing import (IGNORE_INDEX, attention_implementation, collate_packed, loss_sum,
+                                     needs_one_row, next_token_targets, token_losses)
 
 
-def _model(attn: str) -> LlamaForCausalLM:
+def _model(attn: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       attn_implementation=attn)
-    return LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
+
+
+def _missing(attn: str, device: str) -> str | None:
+    """Why this attention implementation cannot run on this machine (None: it can)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return f"{attn} on CUDA needs a CUDA GPU; torch {torch.__version__} sees none"
+    if attn == "flash_attention_2" and not is_flash_attn_2_available():
+        return "flash_attention_2 needs the flash-attn package (a prebuilt wheel for this torch and CUDA)"
+    if attn == "flex_attention" and device == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
+        return "flex_attention on CPU is compiled by inductor, which needs a C++ compiler (g++ or $CXX)"
+    return None
+
+
+# (attention, device): CPU runs in fp32; CUDA in bf16, the dtype training uses there (and the only
+# one flash attention takes).
+ATTENTION_CASES = [("eager", "cpu"), ("sdpa", "cpu"), ("flex_attention", "cpu"),
+                   ("sdpa", "cuda"), ("flex_attention", "cuda"), ("flash_attention_2", "cuda")]
 
 
 def _doc(rng, n: int, prompt: int):
@@ -35,28 +57,92 @@ def _rows(docs_per_row):
     return {k: np.array(v, dtype=object) for k, v in out.items()}
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_packed_loss_equals_per_document_loss(attn):
+def _documents():
     rng = np.random.default_rng(0)
-    # Two rows of different lengths (so the shorter one is padded); the second document of row 0
-    # starts with answer tokens, as a split overlong document would, to catch cross-document targets.
-    d = [_doc(rng, 23, 9), _doc(rng, 17, 0), _doc(rng, 11, 4), _doc(rng, 30, 12), _doc(rng, 8, 3)]
-    model = _model(attn)
-    with torch.no_grad():
-        packed = collate_packed(_rows([[d[0], d[1], d[2]], [d[3], d[4]]]))
-        assert packed.real_tokens == sum(len(x[0]) for x in d)
-        packed_sum = loss_sum(model, packed)
-        packed_tokens = packed.loss_tokens
+    # The second document of the first row starts with answer tokens, as a split overlong document
+    # would, to catch cross-document targets.
+    return [_doc(rng, 23, 9), _doc(rng, 17, 0), _doc(rng, 11, 4), _doc(rng, 30, 12), _doc(rng, 8, 3)]
 
-        single_sums, single_tokens = [], 0
+
+# Rows of documents (indices into _documents()) per micro batch size: micro batch 1 is one packed
+# row; micro batch 2 two rows of different lengths, so the shorter one is padded.
+LAYOUTS = {1: [[0, 1, 2, 3, 4]], 2: [[0, 1, 2], [3, 4]]}
+
+
+def _per_document(losses: torch.Tensor, docs, layout) -> list[torch.Tensor]:
+    """Cut a packed batch's [B, L] losses into each document's own."""
+    out = {}
+    for r, row in enumerate(layout):
+        start = 0
+        for i in row:
+            out[i] = losses[r, start:start + len(docs[i][0])]
+            start += len(docs[i][0])
+        assert not losses[r, start:].any()  # padding has no loss
+    return [out[i] for i in sorted(out)]
+
+
+@pytest.mark.parametrize("micro_batch", [1, 2])
+@pytest.mark.parametrize("attn,device", ATTENTION_CASES)
+def test_packed_loss_equals_per_document_loss(attn, device, micro_batch):
+    if (missing := _missing(attn, device)) is not None:
+        pytest.skip(missing)
+    if attn == "flex_attention":
+        # Start from a fresh compile: after earlier shapes made the batch dimension dynamic, torch
+        # 2.13's CPU inductor emits flex-attention C++ that does not compile (cur_qSplitSize4 ...).
+        torch._dynamo.reset()
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    # bf16: per token within 0.02 (rounding is ~1e-3 here; documents that see each other move the
+    # loss by ~0.1), sums within 0.2%. fp32: equal up to summation order.
+    tol, sum_tol = ((dict(rtol=0, atol=2e-2), dict(rtol=2e-3, atol=0)) if dtype == torch.bfloat16
+                    else (dict(rtol=1e-5, atol=1e-4), dict(rtol=1e-5, atol=1e-4)))
+    d, layout = _documents(), LAYOUTS[micro_batch]
+    model = _model(attn, device, dtype)
+    with torch.no_grad():
+        packed = collate_packed(_rows([[d[i] for i in row] for row in layout])).to(device)
+        assert packed.real_tokens == sum(len(x[0]) for x in d)
+        packed_losses = token_losses(model, packed)
+        packed_sum, packed_tokens = loss_sum(model, packed), packed.loss_tokens
+
+        single_losses, single_tokens = [], 0
         for doc in d:
-            one = collate_packed(_rows([[doc]]))
-            single_sums.append(loss_sum(model, one))
+            one = collate_packed(_rows([[doc]])).to(device)
+            single_losses.append(token_losses(model, one)[0])
             single_tokens += one.loss_tokens
     assert packed_tokens == single_tokens == sum(int((x[1][1:] != IGNORE_INDEX).sum()) for x in d)
-    torch.testing.assert_close(packed_sum, torch.stack(single_sums).sum(), rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(packed_sum / packed_tokens, torch.stack(single_sums).sum() / single_tokens,
-                               rtol=1e-5, atol=1e-6)
+    for mine, alone in zip(_per_document(packed_losses, d, layout), single_losses):
+        torch.testing.assert_close(mine, alone, **tol)
+    single_sum = torch.stack([x.sum() for x in single_losses]).sum()
+    torch.testing.assert_close(packed_sum, single_sum, **sum_tol)
+    torch.testing.assert_close(packed_sum / packed_tokens, single_sum / single_tokens, **sum_tol)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_one_row_path_gives_the_losses_and_gradients_of_the_padded_batch(attn):
+    """Flash attention runs a micro-batch as one padding-free row; forced here on kernels that can
+    run both ways, it must give every document the same losses and the model the same gradients."""
+    d, layout = _documents(), LAYOUTS[2]
+    batch = collate_packed(_rows([[d[i] for i in row] for row in layout]))
+    one_row = batch.as_one_row()
+    assert one_row.input_ids.shape == (1, batch.real_tokens) and one_row.loss_tokens == batch.loss_tokens
+    results = []
+    for flatten in (False, True):
+        model = _model(attn)
+        losses = token_losses(model, batch, one_row=flatten)
+        losses.sum().backward()
+        results.append((losses.detach(), [p.grad for p in model.parameters()]))
+    (padded, padded_grads), (flat, flat_grads) = results
+    assert flat.shape == padded.shape
+    torch.testing.assert_close(flat, padded, rtol=1e-5, atol=1e-5)
+    for a, b in zip(flat_grads, padded_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_only_flash_kernels_run_the_micro_batch_as_one_row():
+    for attn in ("flash_attention_2", "flash_attention_3", "flash_attention_4", "kernels-community/flash-attn2"):
+        assert needs_one_row(attn), attn
+    for attn in ("eager", "sdpa", "flex_attention", None):
+        assert not needs_one_row(attn), attn
+    assert attention_implementation(_model("eager")) == "eager"
 
 
 def test_packing_changes_loss_without_the_block_mask():

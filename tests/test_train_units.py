@@ -115,3 +115,114 @@ def test_metrics_log_supersedes_steps_redone_after_a_resume(tmp_path):
     log.write({"step": 4, "loss": 40.0})
     assert [(r["step"], r["loss"]) for r in read_metrics(path)] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
     assert [r["step"] for r in read_metrics(superseded_path(path))] == [4, 5]
+
+
+@pytest.fixture
+def single_process_group(monkeypatch):
+    """torch.distributed over gloo with this process as the only rank, as DeepSpeed needs it."""
+    import socket
+
+    import deepspeed
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # as loop.py: no JIT build on CPU
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    yield
+    dist.destroy_process_group()
+
+
+def _deepspeed_engine(model_dir, cfg: TrainConfig):
+    """The engine as loop.py builds it, with our optimizer, on one CPU process."""
+    import deepspeed
+    import torch
+
+    from med42_ray.train import strategies
+
+    ds = strategies.deepspeed_config(cfg, world_size=1, use_gpu=False)
+    built = strategies.build_model(cfg, str(model_dir), ds, use_gpu=False)
+    groups = strategies.optimizer_groups(built.model, cfg.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(model=built.model, model_parameters=groups, config=ds,
+                                           optimizer=torch.optim.AdamW(groups, lr=1e-3))
+    return engine, built
+
+
+def test_bf16_gradients_accumulate_in_fp32(tmp_path, single_process_group):
+    import numpy as np
+    import torch
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from med42_ray.train.packing import collate_packed, loss_sum
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path)
+    for stage in (2, 3):  # LoRA's and full's default ZeRO stages
+        cfg = TrainConfig(strategy="full", zero_stage=stage, precision="bf16", grad_accum=2,
+                          gradient_checkpointing=False)
+        engine, built = _deepspeed_engine(tmp_path, cfg)
+        assert engine.get_data_types() == (torch.bfloat16, torch.float32)
+        assert engine.optimizer.gradient_accumulation_dtype == torch.float32
+        if stage == 3:  # the buffer the micro-batches' gradient partitions are summed into
+            assert engine.optimizer.grad_partitions_flat_buffer.dtype == torch.float32
+        for _ in range(cfg.grad_accum):  # one optimizer step, through the accumulation path, as loop.py
+            ids = torch.randint(0, 97, (2, 16)).numpy()
+            batch = collate_packed({"input_ids": ids, "labels": ids, "position_ids": np.tile(np.arange(16), (2, 1))})
+            engine.backward(loss_sum(engine, batch) / batch.loss_tokens)
+            engine.step()
+        assert engine.global_steps == 1 and torch.isfinite(torch.as_tensor(engine.get_global_grad_norm()))
+        unset_hf_deepspeed_config()
+        del engine, built
+
+
+def test_grad_accum_dtype_is_set_only_for_bf16_with_accumulation():
+    from med42_ray.train.strategies import deepspeed_config
+
+    def data_types(use_gpu=False, **train):
+        return deepspeed_config(TrainConfig(**train), world_size=2, use_gpu=use_gpu).get("data_types")
+
+    assert data_types(precision="bf16", grad_accum=4) == {"grad_accum_dtype": "fp32"}
+    assert data_types(use_gpu=True, grad_accum=2) == {"grad_accum_dtype": "fp32"}  # auto is bf16 on GPU
+    for zero_stage, offload in ((1, False), (1, True), (2, True), (3, True)):
+        assert data_types(precision="bf16", grad_accum=2, zero_stage=zero_stage,
+                          offload_optimizer=offload) == {"grad_accum_dtype": "fp32"}
+    assert data_types(precision="bf16", grad_accum=1) is None     # nothing accumulates
+    assert data_types(precision="fp32", grad_accum=4) is None     # already fp32
+    assert data_types(grad_accum=4) is None                       # auto on CPU is fp32
+
+
+def test_peak_flops_match_exact_gpu_names():
+    import warnings
+
+    from med42_ray.train.metrics import GPU_PEAK_FLOPS, datasheet_peak_flops
+
+    # Names that share a prefix are different GPUs with different peaks.
+    assert datasheet_peak_flops("NVIDIA A10G") == 70e12 and datasheet_peak_flops("NVIDIA A10") == 125e12
+    assert [datasheet_peak_flops(f"NVIDIA {n}") for n in ("L4", "L40", "L40S")] == [121e12, 181.05e12, 362.05e12]
+    assert datasheet_peak_flops("NVIDIA H100 NVL") == 835.5e12 != datasheet_peak_flops("NVIDIA H100 80GB HBM3")
+    assert datasheet_peak_flops("NVIDIA H100 PCIe") == 756.5e12
+    assert datasheet_peak_flops("NVIDIA H800") == datasheet_peak_flops("NVIDIA H200") == 989.5e12
+    assert datasheet_peak_flops("NVIDIA B200") == 2250e12
+    assert {datasheet_peak_flops(n) for n in GPU_PEAK_FLOPS if "A100" in n} == {312e12}
+    # Unknown: no MFU, and one warning that says how to get it.
+    with pytest.warns(UserWarning, match=r"'NVIDIA H100 96GB HBM3'.*set train\.peak_tflops"):
+        assert datasheet_peak_flops("NVIDIA H100 96GB HBM3") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert datasheet_peak_flops("NVIDIA H100 96GB HBM3") is None  # warned once already
+
+
+def test_a_missing_flash_attention_package_fails_before_the_model_loads():
+    from med42_ray.train.strategies import check_attention_kernel, flash_kernel_available
+
+    if flash_kernel_available("flash_attention_2"):
+        pytest.skip("flash-attn is installed here: nothing is missing")
+    with pytest.raises(ConfigError, match="attn_implementation=flash_attention_2 needs a CUDA GPU and the flash-attn"):
+        check_attention_kernel("flash_attention_2")
+    for attn in ("sdpa", "eager", "flex_attention"):
+        check_attention_kernel(attn)  # torch alone runs them

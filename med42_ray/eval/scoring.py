@@ -14,6 +14,13 @@ lm-eval (HF backend) scores every (context, continuation) pair as its own sequen
   make the choices' prefixes differ, and as the reference in tests.
 
 Log-softmax is taken in float32 whatever the model dtype.
+
+A model too large for one GPU is spread over several devices (accelerate's device map): its last
+hidden state lives on the last GPU, its KV cache layers on theirs. Every index here follows the
+device of the tensor it indexes, and the one-pass path picks the last position of each row itself
+(decoder, then the output head on those rows only) instead of handing transformers a 2-D
+`logits_to_keep` tensor, which it indexes on the hidden state's device in recent versions and
+mis-shapes in older ones.
 """
 
 from __future__ import annotations
@@ -71,6 +78,12 @@ class Scorer:
         # transformers >= 5.2x names the KV cache argument `cache`; earlier ones `past_key_values`
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        # The causal LM's own forward is decoder -> output head; one-pass scoring runs the two
+        # itself so that only one position per row reaches the head (peft's adapters sit inside
+        # both, so an unmerged LoRA model scores the same way).
+        self._decoder = base.get_decoder()
+        self._head = base.get_output_embeddings()
+        self._softcap = getattr(base.config, "final_logit_softcapping", None)
 
     @property
     def device(self) -> torch.device:
@@ -157,19 +170,22 @@ class Scorer:
             mask[i, : len(s)] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _forward(self, ids, mask, last_positions=None, **kwargs):
-        """Model call; with `last_positions` only those positions are projected to the vocabulary."""
-        if last_positions is not None:
-            kwargs["logits_to_keep"] = last_positions[:, None]
-        out = self.model(input_ids=ids, attention_mask=mask, **kwargs)
-        return out
+    def _last_logits(self, ids, mask, last: torch.Tensor, **kwargs):
+        """Logits at position `last[i]` of each row i, and the decoder's output (its KV cache)."""
+        out = self._decoder(input_ids=ids, attention_mask=mask, **kwargs)
+        hidden = out.last_hidden_state  # on the device of the decoder's last layer
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        logits = self._head(hidden[rows, last.to(hidden.device)])  # [B, V]
+        if self._softcap:  # models whose causal-LM forward caps the logits (Gemma 2) do it here too
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits, out
 
     def _score_one_pass(self, batch) -> dict[str, Scored]:
         seqs = [enc.context for _, enc in batch]
         ids, mask = self._right_padded(seqs)
-        last = torch.tensor([len(s) - 1 for s in seqs], device=self.device)
-        logits = self._forward(ids, mask, last_positions=last, use_cache=False).logits
-        logprobs = F.log_softmax(logits[:, -1, :].float(), dim=-1)  # [B, V]
+        last = torch.tensor([len(s) - 1 for s in seqs])
+        logits, _ = self._last_logits(ids, mask, last, use_cache=False)
+        logprobs = F.log_softmax(logits.float(), dim=-1)  # [B, V]
         greedy = logprobs.argmax(dim=-1)
         out = {}
         for i, (key, enc) in enumerate(batch):
@@ -181,27 +197,28 @@ class Scorer:
     def _score_prefix_cache(self, batch) -> dict[str, Scored]:
         contexts = [enc.context for _, enc in batch]
         ids, mask = self._right_padded(contexts)
-        ctx_len = torch.tensor([len(c) for c in contexts], device=self.device)
-        prefix = self._forward(ids, mask, last_positions=ctx_len - 1, use_cache=True)
-        first = F.log_softmax(prefix.logits[:, -1, :].float(), dim=-1)  # next-token after each context
+        ctx_len = torch.tensor([len(c) for c in contexts])
+        last_logits, prefix = self._last_logits(ids, mask, ctx_len - 1, use_cache=True)
+        first = F.log_softmax(last_logits.float(), dim=-1)  # next-token after each context
         # one row per choice longer than one token: its tokens but the last, on top of its question's cache
         rows = [(q, j) for q, (_, enc) in enumerate(batch) for j, c in enumerate(enc.continuations) if len(c) > 1]
         rest = {}
         if rows:
+            row_q = torch.tensor([q for q, _ in rows])
             cache = prefix.get("cache") or prefix.get("past_key_values")
-            cache.batch_select_indices(torch.tensor([q for q, _ in rows], device=self.device))
+            # A CPU index is valid for a cache layer on any device; one on cuda:0 is not for layers on cuda:3.
+            cache.batch_select_indices(row_q)
             cont_ids, cont_mask = self._right_padded([batch[q][1].continuations[j][:-1] for q, j in rows])
-            row_q = torch.tensor([q for q, _ in rows], device=self.device)
-            full_mask = torch.cat([mask[row_q], cont_mask], dim=1)
-            positions = ctx_len[row_q][:, None] + torch.arange(cont_ids.shape[1], device=self.device)[None, :]
-            logits = self._forward(cont_ids, full_mask, position_ids=positions, use_cache=True,
-                                   **{self._cache_arg: cache}).logits
+            full_mask = torch.cat([mask[row_q.to(mask.device)], cont_mask], dim=1)
+            positions = ctx_len[row_q][:, None] + torch.arange(cont_ids.shape[1])[None, :]
+            logits = self.model(input_ids=cont_ids, attention_mask=full_mask, position_ids=positions.to(self.device),
+                                use_cache=True, **{self._cache_arg: cache}).logits
             logprobs = F.log_softmax(logits.float(), dim=-1)  # [R, T, V]
             for r, (q, j) in enumerate(rows):
-                toks = batch[q][1].continuations[j][1:]
+                toks = torch.tensor(batch[q][1].continuations[j][1:], device=logprobs.device)
                 lp = logprobs[r, : len(toks)]
-                rest[(q, j)] = (lp[torch.arange(len(toks)), toks].sum().item(),
-                                bool((lp.argmax(dim=-1) == torch.tensor(toks, device=self.device)).all()))
+                rest[(q, j)] = (lp[torch.arange(len(toks), device=lp.device), toks].sum().item(),
+                                bool((lp.argmax(dim=-1) == toks).all()))
         out = {}
         for q, (key, enc) in enumerate(batch):
             lls, greedy = [], []

@@ -14,9 +14,12 @@ from med42_ray.eval.scoring import Scored, Scorer
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_model(path: str, adapter: str | None = None, dtype: str = "auto", device: str | None = None):
+def load_model(path: str, adapter: str | None = None, dtype: str = "auto", device: str | None = None,
+               max_memory: dict | None = None):
     """Tokenizer and model in eval mode. A LoRA adapter is applied with peft, not merged (so the
-    base weights stay shared and the adapter's numbers are exactly what training produced)."""
+    base weights stay shared and the adapter's numbers are exactly what training produced).
+    `max_memory` ({0: "20GiB", "cpu": "64GiB"}) spreads the layers over those devices with
+    accelerate's device map, as an actor with several GPUs does."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from med42_ray.model import resolve_model
@@ -31,9 +34,9 @@ def load_model(path: str, adapter: str | None = None, dtype: str = "auto", devic
     # safetensors only: a pickled checkpoint can run code when loaded
     # An actor given several GPUs (evaluate.gpus_per_actor, e.g. 4 for a 70B model in bf16) splits
     # the layers over them with accelerate's device map; otherwise the model sits on one device.
-    sharded = device.startswith("cuda") and torch.cuda.device_count() > 1
+    sharded = max_memory is not None or (device.startswith("cuda") and torch.cuda.device_count() > 1)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], use_safetensors=True,
-                                                 device_map="auto" if sharded else None)
+                                                 device_map="auto" if sharded else None, max_memory=max_memory)
     if adapter:
         from peft import PeftModel
 

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 # Settings that change how a stage runs, not what it computes: a resubmission on a different
 # cluster shape must still find its finished stages.
-OPERATIONAL_TRAIN_KEYS = {"scaling", "max_failures", "peak_tflops", "keep_checkpoints"}
+OPERATIONAL_TRAIN_KEYS = {"scaling", "max_failures", "peak_tflops", "keep_checkpoints", "checkpoint_local_dir",
+                          "checkpoint_upload", "export_resources", "export_max_shard_size", "export_node_wait_s"}
 OPERATIONAL_EVAL_KEYS = {"num_actors", "cpus_per_actor", "gpus_per_actor", "progress", "questions_per_task",
                          "max_batch_tokens", "max_task_retries", "output_dir", "models", "compare_with"}
 

@@ -74,6 +74,7 @@ def trial_base_config(cfg: RunConfig, sweep_dir: SweepDir, cluster_cpus: float) 
     base = cfg.model_copy(deep=True)
     t = base.train
     t.strategy = "lora"
+    t.export = False  # Tune ends a trial at its last report; only the best is exported, afterwards
     t.data_dir = str(train_data_dir_for(cfg).root)
     t.storage_path = storage_path_for(cfg) if cfg.train.storage_path else str(sweep_dir.tune)
     if cfg.sweep.max_steps is not None:
@@ -190,6 +191,7 @@ def run_sweep(cfg: RunConfig) -> SweepResult:
     trials = [_trial_record(r, horizon, sweep_dir) for r in grid]
     trials.sort(key=lambda t: t["trial_id"])
     best = pick_best(trials)
+    best["adapter"] = str(_export_trial(base, best, s.name, sweep_dir))
     sweep_dir.trials_json.write_text(json.dumps({
         "metric": METRIC, "mode": MODE, "benchmark": s.benchmark, "questions": len(validation.items),
         "protocol": cfg.evaluate.protocol, "max_steps": horizon, "seed": seed,
@@ -214,6 +216,17 @@ def run_sweep(cfg: RunConfig) -> SweepResult:
     return SweepResult(sweep_dir.root, trials, best, best_config_path, best_adapter)
 
 
+def _export_trial(base: RunConfig, trial: dict, name: str, sweep_dir: SweepDir) -> Path:
+    """Export a completed trial's LoRA adapter (and merged model) from its last checkpoint."""
+    from med42_ray.train.trainer import export_finished_run
+
+    cfg = apply_params(base, trial["params"])
+    cfg.train.output_dir = trial["output_dir"]
+    cfg.train.run_name = f"{name}-{trial['trial_id']}"
+    cfg.train.export = True
+    return export_finished_run(cfg)[EXPORT_ADAPTER]
+
+
 def _default_concurrency(base: RunConfig, resources: dict) -> int:
     """Trials whose Train runs fit the cluster at once: by GPUs, else one (a CPU trial takes every
     core it can get, and two would only slow each other down)."""
@@ -233,7 +246,6 @@ def _trial_record(result, horizon: int, sweep_dir: SweepDir) -> dict:
     history = [by_step[k] for k in sorted(by_step)]
     last = history[-1] if history else {}
     out_dir = sweep_dir.trial(trial_id)
-    adapter = out_dir.export(EXPORT_ADAPTER)
     steps = last.get("step", 0)
     status = "error" if result.error else ("completed" if steps >= horizon else "stopped")
     return {
@@ -249,14 +261,14 @@ def _trial_record(result, horizon: int, sweep_dir: SweepDir) -> dict:
         "error": str(result.error) if result.error else None,
         "history": history,
         "output_dir": str(out_dir.root),
-        "adapter": str(adapter) if adapter.is_dir() and status == "completed" else None,
+        "adapter": None,  # the best trial's, once exported (run_sweep)
     }
 
 
 def pick_best(trials: list[dict]) -> dict:
     """The completed trial with the highest final val_accuracy; ties go to the higher probability
-    on the gold answers. Stopped trials only reached an earlier rung (and exported no adapter)."""
-    done = [t for t in trials if t["status"] == "completed" and t["adapter"]]
+    on the gold answers. Stopped trials only reached an earlier rung."""
+    done = [t for t in trials if t["status"] == "completed"]
     if not done:
         errors = "; ".join(f"{t['trial_id']}: {t['error']}" for t in trials if t["error"])
         raise RuntimeError(f"no sweep trial completed{': ' + errors if errors else ''}")

@@ -46,7 +46,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = make_plan(cfg.model, cfg.train.strategy, gpus=args.gpus, tokens=args.tokens, mfu=args.mfu,
                      peak_tflops=args.peak_tflops, seq_len=args.seq_len, micro_batch_size=cfg.train.micro_batch_size,
                      gpus_per_node=args.gpus_per_node, lora=cfg.train.lora,
-                     trust_remote_code=cfg.train.trust_remote_code)
+                     trust_remote_code=cfg.train.trust_remote_code, zero_stage=cfg.train.resolved_zero_stage())
     print(json.dumps(plan.to_dict(), indent=1) if args.json else format_plan(plan))
     return 0
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from med42_ray.strict_model import StrictModel
 
 Strategy = Literal["full", "lora"]
+
+# transformers' attention kernels that keep packed documents apart (train/packing.py): eager and sdpa
+# (any device), flex_attention (torch's compiled kernel with a block-sparse document mask: fast on
+# GPU, no extra package) and flash attention (NVIDIA GPUs, bf16/fp16, its own package).
+AttnImplementation = Literal["sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3"]
 
 # Llama's linear projections: attention (q, k, v, o) and MLP (gate, up, down).
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -62,7 +67,9 @@ class TrainConfig(StrictModel):
     offload_optimizer: bool = Field(False, description="ZeRO-Offload optimizer states to CPU")
     offload_params: bool = Field(False, description="ZeRO-3 parameter offload to CPU")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
-    attn_implementation: str = Field("sdpa", description="transformers attention kernel (sdpa, eager, flash_attention_2)")
+    attn_implementation: AttnImplementation = Field(
+        "sdpa", description="transformers attention kernel: sdpa, eager, flex_attention (GPU: the fast one with "
+                            "no extra package), flash_attention_2/3 (GPU only, needs the flash-attn package)")
     trust_remote_code: bool = Field(False, description="allow model code from the hub (off unless you trust it)")
 
     lora: LoraSettings = LoraSettings()
@@ -70,6 +77,18 @@ class TrainConfig(StrictModel):
     # Checkpointing, fault tolerance, storage.
     checkpoint_every_steps: int | None = Field(200, ge=1, description="also checkpoint every N steps (None: epoch ends only)")
     keep_checkpoints: int | None = Field(2, ge=1, description="checkpoints to keep in storage (None: all)")
+    checkpoint_optimizer: Literal["every", "epoch_end"] = Field(
+        "every", description="every: each checkpoint holds the optimizer, so a resume repeats the run exactly "
+                             "(ZeRO-3 full: ~12 bytes/param); epoch_end: under ZeRO-3 the every-N-steps ones hold "
+                             "the fp32 master weights alone (4 bytes/param; a resume from one restarts Adam's "
+                             "moments), epoch ends and the last step everything; below ZeRO-3 (LoRA's default, "
+                             "whose checkpoints are the adapters and their optimizer) every checkpoint is complete")
+    checkpoint_local_dir: str | None = Field(
+        None, description="where each worker writes its part of a checkpoint before it is uploaded to "
+                          "storage: a fast local disk (NVMe), with room for one checkpoint (None: the temp dir)")
+    checkpoint_upload: Literal["sync", "async"] = Field(
+        "sync", description="sync: training waits until a checkpoint is in storage; async: it goes on while "
+                            "Ray uploads (the local copy is deleted after upload)")
     max_failures: int = Field(2, ge=-1, description="restarts from the last checkpoint after a worker dies (-1: forever)")
     storage_path: str | None = Field(None, description="local dir or s3:// / gs:// URI (None: <run_dir>/ray_results)")
     run_name: str = Field("train", pattern=r"^[A-Za-z0-9_.-]+$",
@@ -78,12 +97,47 @@ class TrainConfig(StrictModel):
     scaling: ScalingSettings = ScalingSettings()
     peak_tflops: float | None = Field(None, gt=0, description="peak FLOP/s per worker for MFU (None: detect the GPU)")
     export: bool = Field(True, description="save the trained model (full: weights; lora: adapter + merged)")
+    export_resources: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 1},
+        description="Ray resources of the export task, which runs after training (outside the training "
+                    "group) and rebuilds the full weights from the final checkpoint in CPU memory: CPU, "
+                    "GPU, memory (bytes) and custom resources, e.g. {'CPU': 16, 'memory': 600e9, "
+                    "'large_cpu_mem': 1} for 70B. It holds the whole model in the training dtype (bf16: 2 "
+                    "bytes per parameter, ~140 GB at 70B) and reads the fp32 weights memory-mapped from "
+                    "the checkpoint, which remote storage first downloads to the node's disk")
+    export_max_shard_size: str = Field("5GB", pattern=r"^[0-9]+(KB|MB|GB|KiB|MiB|GiB)$",
+                                       description="largest safetensors file of an exported model: an "
+                                                   "integer and a unit, e.g. 5GB, 500MB, 4GiB")
+    export_node_wait_s: float = Field(
+        600, ge=0, description="how long the export waits for a node that has export_resources (an "
+                               "autoscaler starting one) before failing; 0: fail at once if none is up")
+
+    @field_validator("export_resources")
+    @classmethod
+    def _ray_resource_names(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if name.lower() in ("cpu", "gpu") and name not in ("CPU", "GPU"):
+                raise ValueError(f"resource {name!r}: Ray spells it {name.upper()!r}")
+            if amount < 0:
+                raise ValueError(f"resource {name!r}: {amount:g} is negative")
+        return v
 
     @model_validator(mode="after")
     def _offload_needs_zero(self) -> "TrainConfig":
         stage = self.resolved_zero_stage()
         if self.offload_params and stage != 3:
             raise ValueError("offload_params needs zero_stage 3")
+        return self
+
+    @model_validator(mode="after")
+    def _flash_attention_needs_gpu_and_half_precision(self) -> "TrainConfig":
+        attn = self.attn_implementation
+        if attn.startswith("flash_attention") and not self.scaling.use_gpu:
+            raise ValueError(f"attn_implementation {attn} runs on NVIDIA GPUs only: set scaling.use_gpu "
+                             "true, or use sdpa, eager or flex_attention")
+        if attn.startswith("flash_attention") and self.precision == "fp32":
+            raise ValueError(f"attn_implementation {attn} computes in bf16/fp16 only: set precision bf16 "
+                             "(or auto), or use sdpa or flex_attention for fp32")
         return self
 
     def resolved_epochs(self) -> int:

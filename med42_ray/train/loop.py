@@ -56,7 +56,6 @@ class _Worker:
     device: torch.device
     engine: Any                 # the DeepSpeed engine
     built: BuiltModel           # kept alive: transformers treats the model as ZeRO-3 only while it is
-    model_path: str             # the resolved base model (export reloads it)
     step_hook: Callable[..., None] | None  # tests inject failures through this
     # Optional held-out scoring every N steps (med42-ray sweep: its val_accuracy drives ASHA, which
     # can also stop the run early, without export); see med42_ray/sweep/validation.py.
@@ -70,21 +69,20 @@ class _Worker:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Every worker: build the engine, resume, train epoch by epoch, export (see the module doc)."""
+    """Every worker: build the engine, resume, train epoch by epoch (see the module doc). Export
+    runs after the run, from its final checkpoint, outside this group (trainer.run_train)."""
     import ray.train
     import ray.train.torch
-
-    from med42_ray.train import export
 
     cfg = TrainConfig.model_validate(config["train"])
     job: TrainJob = config["job"]  # planned on the driver (trainer.plan_job)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    engine, built, model_path = _setup_engine(cfg, job, rank, world)
+    engine, built = _setup_engine(cfg, job, rank, world)
     torch.manual_seed(job.seed * 1000 + rank + 1)  # each rank its own dropout stream
     state = _resume(engine, cfg, rank, world)
-    w = _Worker(cfg, job, rank, world, device, engine, built, model_path,
+    w = _Worker(cfg, job, rank, world, device, engine, built,
                 step_hook=config.get("step_hook"), validate=config.get("validate"),
                 metrics_log=MetricsLog(job.outputs.metrics, state.step) if rank == 0 else None,
                 model_flops=_model_flops(engine, job.seq_len), peak=peak_flops(cfg.peak_tflops))
@@ -99,13 +97,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     while not stopped and state.epoch < job.epochs and state.step < job.total_steps:
         stopped = _run_epoch(w, state, shard, collate)
 
-    if cfg.export and state.step > 0 and not stopped:
-        export.export_model(engine, cfg, model_path, job.outputs, rank)
-    if dist.is_initialized():
-        dist.barrier()
 
-
-def _setup_engine(cfg: TrainConfig, job: TrainJob, rank: int, world: int) -> tuple[Any, BuiltModel, str]:
+def _setup_engine(cfg: TrainConfig, job: TrainJob, rank: int, world: int) -> tuple[Any, BuiltModel]:
     """The DeepSpeed engine around the seeded model, its optimizer and warmup + cosine schedule."""
     import deepspeed
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
@@ -140,7 +133,7 @@ def _setup_engine(cfg: TrainConfig, job: TrainJob, rank: int, world: int) -> tup
     if rank == 0:
         print(f"[med42-ray] DeepSpeed distributed init in {t_dist - t0:.1f}s, model built in {t1 - t_dist:.1f}s, "
               f"DeepSpeed engine in {time.perf_counter() - t1:.1f}s", flush=True)
-    return engine, built, model_path
+    return engine, built
 
 
 def _resume(engine, cfg: TrainConfig, rank: int, world: int) -> TrainState:
@@ -277,15 +270,30 @@ def _train_step(engine, micro: list, world: int, grad_accum: int, device) -> dic
 def _report(w: _Worker, state: TrainState, row: dict, with_checkpoint: bool) -> None:
     """Log the row (rank 0) and report it to Ray Train, with this rank's part of a checkpoint if asked."""
     import ray.train
+    from ray.train import CheckpointUploadMode
 
     if w.metrics_log is not None:
         w.metrics_log.write(row)
     if not with_checkpoint:
         ray.train.report(row)
         return
-    local = checkpointing.save(w.engine, state, w.rank, w.world, lora=w.cfg.strategy == "lora")
+    cfg = w.cfg
+    local = checkpointing.save(w.engine, state, w.rank, w.world, lora=cfg.strategy == "lora",
+                               with_optimizer=_optimizer_in_checkpoint(w, state),
+                               local_root=cfg.checkpoint_local_dir)
+    upload_async = cfg.checkpoint_upload == "async"
     try:
         ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(str(local)),
-                         checkpoint_dir_name=f"step_{state.step:08d}")
+                         checkpoint_dir_name=checkpointing.checkpoint_dir_name(state.step),
+                         checkpoint_upload_mode=CheckpointUploadMode.ASYNC if upload_async else CheckpointUploadMode.SYNC)
     finally:
-        shutil.rmtree(local, ignore_errors=True)
+        if not upload_async:  # async: Ray deletes the local copy once it is uploaded
+            shutil.rmtree(local, ignore_errors=True)
+
+
+def _optimizer_in_checkpoint(w: _Worker, state: TrainState) -> bool:
+    """Everything at epoch ends (the epoch counter has just rolled over: no micro-batch of the new
+    one is used yet) and at the last step; weights-only in between if so configured, under ZeRO-3
+    (whose master-weights partitions that format is; below it checkpoints are small already)."""
+    return (w.cfg.checkpoint_optimizer == "every" or w.cfg.resolved_zero_stage() != 3
+            or state.micro_in_epoch == 0 or state.step == w.job.total_steps)

@@ -1,9 +1,15 @@
 """Packed rows -> model inputs, and the loss over answer tokens that never crosses a document boundary.
 
 A prepared row holds several documents back to back; `position_ids` restart at 0 for each one.
-We pass `position_ids` and no 2-D attention mask: transformers (>= 4.53) then derives a
-block-diagonal causal mask from the position restarts for eager/SDPA attention, and flash-attention
-uses the same restarts as varlen boundaries, so packed documents never attend to each other.
+We pass `position_ids` and no 2-D attention mask, and transformers keeps the documents apart:
+
+- eager, sdpa and flex_attention build a mask per row from the position restarts
+  (`masking_utils.find_packed_sequence_indices`, indexed by row), so a micro-batch of several
+  padded rows is correct as it is;
+- flash attention (flash_attention_2/3/4 and the Hub's flash kernels) reads the restarts as
+  varlen boundaries only when the batch has ONE row (`_is_packed_sequence`); with several rows it
+  would let the documents of a row attend to each other. For these kernels the micro-batch runs as
+  one padding-free row (the rows' real tokens back to back), as TRL and Axolotl do.
 
 Rows in a micro-batch are right-padded to the longest one. Padding gets its own position run
 (0, 1, ...), so it forms a separate block that no real token attends to, and label -100.
@@ -29,14 +35,30 @@ class PackedBatch:
     target_ids: torch.Tensor    # [B, L] int64: the label of the *next* token, -100 where no loss
     real_tokens: int            # non-padding tokens
     padded_tokens: int          # B * L
+    row_lengths: torch.Tensor   # [B] int64: each row's real tokens (the rest of the row is padding)
 
     def to(self, device) -> "PackedBatch":
         return PackedBatch(self.input_ids.to(device), self.position_ids.to(device),
-                           self.target_ids.to(device), self.real_tokens, self.padded_tokens)
+                           self.target_ids.to(device), self.real_tokens, self.padded_tokens,
+                           self.row_lengths.to(device))
 
     @property
     def loss_tokens(self) -> int:
         return int((self.target_ids != IGNORE_INDEX).sum())
+
+    def real_mask(self) -> torch.Tensor:
+        """[B, L] bool: True on real tokens, False on padding."""
+        columns = torch.arange(self.input_ids.shape[1], device=self.input_ids.device)
+        return columns.unsqueeze(0) < self.row_lengths.unsqueeze(1)
+
+    def as_one_row(self) -> "PackedBatch":
+        """The micro-batch as one padding-free row: each row's real tokens, back to back. Positions
+        restart at every document, and so at every row; no target crosses a document's (or a row's)
+        end. The documents, and their losses, are the same as in the padded batch."""
+        real = self.real_mask()
+        return PackedBatch(self.input_ids[real].unsqueeze(0), self.position_ids[real].unsqueeze(0),
+                           self.target_ids[real].unsqueeze(0), self.real_tokens, self.real_tokens,
+                           self.row_lengths.sum().view(1))
 
 
 def next_token_targets(labels: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -74,11 +96,44 @@ def collate_packed(batch: Mapping[str, np.ndarray], pad_id: int = 0, vocab_size:
     if vocab_size is not None and real and int(input_ids.max()) >= vocab_size:
         raise ValueError(f"token id {int(input_ids.max())} is outside the model's vocabulary ({vocab_size}); "
                          "the data was prepared with a different tokenizer than the model's")
-    return PackedBatch(input_ids, position_ids, next_token_targets(labels, position_ids), real, input_ids.numel())
+    row_lengths = torch.tensor([len(r[0]) for r in rows], dtype=torch.long)
+    return PackedBatch(input_ids, position_ids, next_token_targets(labels, position_ids), real, input_ids.numel(),
+                       row_lengths)
 
 
-def token_losses(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
-    """Per-position cross-entropy (0 where there is no target), shape [B, L], in fp32."""
+def attention_implementation(model: torch.nn.Module) -> str | None:
+    """The transformers attention kernel of `model`: a bare or peft-wrapped model, or a DeepSpeed
+    engine around one."""
+    inner = getattr(model, "module", model)  # DeepSpeed's engine keeps the model as .module
+    return inner.config._attn_implementation
+
+
+def needs_one_row(attn_implementation: str | None) -> bool:
+    """Does this kernel keep packed documents apart only in a single-row batch? True for flash
+    attention in every form transformers routes through its varlen path (flash_attention_2/3/4,
+    "kernels-community/flash-attn2", ...): the same test transformers applies
+    (`is_flash_attention_requested`)."""
+    return attn_implementation is not None and "flash" in attn_implementation
+
+
+def token_losses(model: torch.nn.Module, batch: PackedBatch, one_row: bool | None = None) -> torch.Tensor:
+    """Per-position cross-entropy (0 where there is no target), shape [B, L], in fp32.
+
+    one_row: run the micro-batch as one padding-free row (`PackedBatch.as_one_row`); None decides
+    by the model's attention kernel (`needs_one_row`). The losses come back in the batch's shape
+    either way, 0 on padding.
+    """
+    if one_row is None:
+        one_row = needs_one_row(attention_implementation(model))
+    if not one_row or batch.input_ids.shape[0] == 1:  # one row (of any kernel) has no padding
+        return _forward_losses(model, batch)
+    flat = _forward_losses(model, batch.as_one_row())
+    losses = flat.new_zeros(batch.target_ids.shape)
+    losses[batch.real_mask()] = flat[0]
+    return losses
+
+
+def _forward_losses(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
     logits = out.logits.float()
     loss = F.cross_entropy(logits.view(-1, logits.size(-1)), batch.target_ids.view(-1),
@@ -86,7 +141,8 @@ def token_losses(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     return loss.view_as(batch.target_ids)
 
 
-def loss_sum(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+def loss_sum(model: torch.nn.Module, batch: PackedBatch, one_row: bool | None = None) -> torch.Tensor:
     """Summed cross-entropy over the batch's answer tokens; the caller divides by the global count so
-    gradient accumulation and data parallelism give the exact per-token mean."""
-    return token_losses(model, batch).sum()
+    gradient accumulation and data parallelism give the exact per-token mean. `one_row` as in
+    `token_losses`."""
+    return token_losses(model, batch, one_row).sum()

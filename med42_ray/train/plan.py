@@ -63,6 +63,7 @@ class Plan:
     tokens: int = 0
     tokens_per_s: float = 0.0
     wall_time_s: float = 0.0
+    checkpoint: dict[str, int] = field(default_factory=dict)  # bytes in storage, by kind (checkpoint_bytes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,9 +147,20 @@ def activation_bytes(config, seq_len: int, micro_batch_size: int) -> int:
     return 2 * s * b * h * config.num_hidden_layers + 34 * s * b * h + 6 * s * b * config.vocab_size
 
 
+def checkpoint_bytes(trainable: int, stage: int) -> dict[str, int]:
+    """One checkpoint in storage, all workers together (train/checkpointing.py). Under ZeRO-3 the
+    model states are only partition placeholders: fp32 master weights (4 bytes/param) and Adam's two
+    moments (8); below it DeepSpeed also writes the trainable weights in bf16 (2). The weights-only
+    kind (train.checkpoint_optimizer: epoch_end) exists under ZeRO-3 alone."""
+    kinds = {"complete": (12 if stage == 3 else 14) * trainable}
+    if stage == 3:
+        kinds["weights_only"] = 4 * trainable
+    return kinds
+
+
 def make_plan(model: str, strategy: Strategy, gpus: int, tokens: int, mfu: float, peak_tflops: float,
               seq_len: int = 4096, micro_batch_size: int = 1, gpus_per_node: int = 8,
-              lora: LoraSettings | None = None, trust_remote_code: bool = False) -> Plan:
+              lora: LoraSettings | None = None, trust_remote_code: bool = False, zero_stage: int = 3) -> Plan:
     module = build_meta_model(model, strategy, lora, trust_remote_code)
     total, trainable, largest = count_parameters(module)
     config = module.config if strategy == "full" else module.base_model.model.config
@@ -171,7 +183,8 @@ def make_plan(model: str, strategy: Strategy, gpus: int, tokens: int, mfu: float
                 micro_batch_size=micro_batch_size,
                 activation_bytes_per_gpu=activation_bytes(config, seq_len, micro_batch_size),
                 memory=rows, flops_per_token=fpt, peak_tflops=peak_tflops, mfu=mfu, tokens=tokens,
-                tokens_per_s=tokens_per_s, wall_time_s=tokens / tokens_per_s if tokens else 0.0)
+                tokens_per_s=tokens_per_s, wall_time_s=tokens / tokens_per_s if tokens else 0.0,
+                checkpoint=checkpoint_bytes(trainable, zero_stage))
 
 
 def format_plan(plan: Plan) -> str:
@@ -201,5 +214,7 @@ def format_plan(plan: Plan) -> str:
     ]
     if plan.tokens:
         lines.append(f"  {plan.tokens:,} tokens: {plan.wall_time_s / 3600:,.1f} h")
+    lines += ["", "one checkpoint in storage (all workers), GiB:"]
+    lines += [f"  {kind.replace('_', '-'):<13} {gib(n):>9}" for kind, n in plan.checkpoint.items()]
     return "\n".join(lines)
 

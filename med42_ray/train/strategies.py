@@ -9,11 +9,13 @@ lora: the base model is frozen and peft adds rank-r adapters to every linear pro
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from med42_ray.errors import ConfigError
 from med42_ray.train.config import TrainConfig
 
 
@@ -56,6 +58,12 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, use_gpu: bool) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if ds["bf16"]["enabled"] and cfg.grad_accum > 1:
+        # DeepSpeed sums the micro-batches' gradients in the model's dtype unless told otherwise, and
+        # bf16 keeps 8 significant bits: every addition rounds away the small parts of the gradient.
+        # fp32 works with every ZeRO stage, offloaded or not (ZeRO-1 without offload then runs
+        # DeepSpeed's BF16_Optimizer, which keeps fp32 gradients itself).
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}
     if cfg.offload_optimizer:
         ds["optimizer"] = {"type": "AdamW", "params": {
             "lr": cfg.resolved_lr(), "betas": list(cfg.adam_betas), "eps": cfg.adam_eps,
@@ -67,6 +75,7 @@ def build_model(cfg: TrainConfig, model_path: str, ds_config: dict, use_gpu: boo
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
+    check_attention_kernel(cfg.attn_implementation)
     # Must exist before from_pretrained: it is how transformers knows to build under zero.Init.
     zero3 = HfDeepSpeedConfig(ds_config) if cfg.resolved_zero_stage() == 3 else None
     model = AutoModelForCausalLM.from_pretrained(
@@ -79,13 +88,39 @@ def build_model(cfg: TrainConfig, model_path: str, ds_config: dict, use_gpu: boo
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         # Non-reentrant: correct with frozen inputs (LoRA) and with ZeRO-3's parameter hooks.
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # its older name, still an alias in 5.2x
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.strategy == "lora":
-        model = _wrap_lora(cfg, model)
+        model = wrap_lora(cfg, model)
     return BuiltModel(model, zero3)
 
 
-def _wrap_lora(cfg: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
+def check_attention_kernel(attn: str) -> None:
+    """Fail before any weights load when this worker cannot run `attn` (config validation has
+    already required GPUs and bf16 for flash attention; the package is only visible here)."""
+    packages = {"flash_attention_2": "flash-attn", "flash_attention_3": "flash-attn-3"}
+    if attn in packages and not flash_kernel_available(attn):
+        raise ConfigError(
+            f"train.attn_implementation={attn} needs a CUDA GPU and the {packages[attn]} package on every "
+            "training worker (a prebuilt wheel matching its torch and CUDA: building one from source compiles "
+            "CUDA kernels); flex_attention keeps packed documents apart as well and needs only torch")
+
+
+def flash_kernel_available(attn: str) -> bool:
+    """Can this process run flash_attention_2 / _3? Where transformers can fetch a prebuilt kernel
+    from the Hub instead of the package (`kernels_fallback_ok`, newer 5.x), that counts too."""
+    from transformers import utils
+
+    check = {"flash_attention_2": utils.is_flash_attn_2_available,
+             "flash_attention_3": utils.is_flash_attn_3_available}[attn]
+    if "kernels_fallback_ok" in inspect.signature(check).parameters:
+        return check(kernels_fallback_ok=True)
+    return check()
+
+
+def wrap_lora(cfg: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,

@@ -127,6 +127,8 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
     a worker); it must be picklable. `callbacks` are extra Ray Train callbacks (the sweep passes
     one that forwards reports to its Tune trial). `validate` scores held-out questions inside the
     loop every few steps and adds its metrics to that step's row (med42_ray/sweep/validation.py).
+    With `train.export`, the model is exported from the final checkpoint once training is over
+    (export.py), in a Ray task of its own.
     """
     import ray
     from ray.data import ExecutionOptions
@@ -135,6 +137,7 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
 
     from med42_ray.cluster import connect
     from med42_ray.model import resolve_model
+    from med42_ray.train import export
     from med42_ray.train.loop import train_loop_per_worker
 
     tcfg = cfg.train
@@ -177,6 +180,8 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+    if tcfg.export:
+        export.export_final_checkpoint(result.checkpoint, tcfg, job)
     return TrainResult(
         output_dir=outputs.root,
         metrics_path=outputs.metrics,
@@ -184,3 +189,18 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
         checkpoint_path=result.checkpoint.path if result.checkpoint is not None else None,
         exported=outputs.exported(tcfg.strategy) if tcfg.export else {},
     )
+
+
+def export_finished_run(cfg: RunConfig) -> dict[str, Path]:
+    """Export a run that trained to its last step with `train.export` off, from that step's
+    checkpoint in storage (the sweep's trials train so, and only the best is exported)."""
+    from ray.train import Checkpoint
+
+    from med42_ray.train import export
+    from med42_ray.train.checkpointing import checkpoint_dir_name
+
+    manifest, shards = read_manifest(train_data_dir_for(cfg))
+    job = plan_job(cfg, manifest, count_rows(shards))
+    path = f"{storage_path_for(cfg)}/{cfg.train.run_name}/{checkpoint_dir_name(job.total_steps)}"
+    export.export_final_checkpoint(Checkpoint(path), cfg.train, job)
+    return job.outputs.exported(cfg.train.strategy)
