@@ -1,5 +1,5 @@
 """Weights-only intermediate checkpoints (train.checkpoint_optimizer: epoch_end) written to a local
-directory and uploaded asynchronously: what a 70B ZeRO-3 run uses to keep checkpoints affordable.
+directory first: what a 70B ZeRO-3 run uses to keep checkpoints affordable.
 
 HEAVY: one real ZeRO-3 training run on 2 CPU workers with a killed worker (~1.5 min on 2 cores).
 """
@@ -29,7 +29,7 @@ def test_weights_only_checkpoint_resumes_the_same_weights(sample_prepared, tiny_
         f"run_dir={tmp_path}", f"train.data_dir={sample_prepared[0]}", "train.strategy=full",
         f"train.max_steps={STEPS}", "train.scaling.num_workers=2", "train.lr=1e-3", "train.export=false",
         "train.checkpoint_every_steps=2", "train.keep_checkpoints=null", "train.checkpoint_optimizer=epoch_end",
-        f"train.checkpoint_local_dir={local}", "train.checkpoint_upload=async"])
+        f"train.checkpoint_local_dir={local}"])  # sync upload: the kill cannot beat it (async: test_train_ray)
     marker = tmp_path / "killed.txt"
     # Rank 1 dies after step 3; the group restarts from the weights-only step-2 checkpoint.
     result = run_train(cfg, step_hook=KillWorkerOnce(step=3, rank=1, marker=str(marker)))
@@ -58,4 +58,4 @@ def test_weights_only_checkpoint_resumes_the_same_weights(sample_prepared, tiny_
     master = sum(p.stat().st_size for p in weights_only.glob("rank*.master_weights.safetensors"))
     assert 4 * params <= master < 4.2 * params, (master, params)
     assert 12 * params <= _size(last / "deepspeed") < 12.6 * params, (_size(last / "deepspeed"), params)
-    assert not list(local.iterdir())  # every local copy was deleted once uploaded
+    assert not list(local.iterdir())  # every local copy was deleted once in storage

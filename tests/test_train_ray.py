@@ -93,9 +93,14 @@ def test_lora_trains_and_exports_adapter_and_merged_model(prepared, tiny_model_d
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cfg = _config(tmp_path, prepared, "lora", "train.lr=5e-3")
+    local = tmp_path / "nvme"  # checkpoints written here first, uploaded while training goes on
+    cfg = _config(tmp_path, prepared, "lora", "train.lr=5e-3", f"train.checkpoint_local_dir={local}",
+                  "train.checkpoint_upload=async")
     assert cfg.train.resolved_zero_stage() == 2 and cfg.train.resolved_epochs() == 8
     result = run_train(cfg)
+    # the last checkpoint was in storage when fit() returned (the export read it), its local copy gone
+    assert json.loads((Path(result.checkpoint_path) / "rank0.complete.json").read_text())["step"] == STEPS
+    assert not list(local.iterdir())
     rows = result.metrics
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     losses = [r["loss"] for r in rows]
