@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,4 +21,8 @@ class KillWorkerOnce:
     def __call__(self, *, step: int, rank: int) -> None:
         if step == self.step and rank == self.rank and not Path(self.marker).exists():
             Path(self.marker).write_text(f"killed rank {rank} after step {step}\n")
+            # Ray Train's controller collects the workers' reports at each health check (every 2 s
+            # by default); a checkpoint reported since the last one dies with the worker, as in a
+            # real crash. Drills and tests mean "after the checkpoints so far are registered".
+            time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0)))
             os._exit(1)
