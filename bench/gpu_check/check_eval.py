@@ -10,10 +10,10 @@ prefix-cache path). Timings exclude model loading and follow one warm-up batch o
 from __future__ import annotations
 
 import collections
-import time
 from pathlib import Path
 
 import torch
+from check_model import timed
 
 BENCHMARK = "medqa_4options"
 SAMPLE_BENCHMARKS = "pkg://sample/data/benchmarks"
@@ -39,16 +39,6 @@ def eval_batch_tokens() -> int:
     from med42_ray.eval.config import EvalConfig
 
     return EvalConfig.model_fields["max_batch_tokens"].default
-
-
-def timed(fn, device: str):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    value = fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return value, time.perf_counter() - t0
 
 
 def score_ours(scorer, requests: dict[str, list], device: str) -> dict:

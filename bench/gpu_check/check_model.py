@@ -76,6 +76,17 @@ def matmul_rate(device: str, dtype: torch.dtype, n: int, warmup: int, reps: int)
             "median_s": median, "min_s": min(times), "max_s": max(times), "flops_per_s": 2 * n**3 / median}
 
 
+def timed(fn, device: str):
+    """`fn()`'s value and the wall-clock seconds it took, its GPU work finished (what a user waits)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    value = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return value, time.perf_counter() - t0
+
+
 def _timed(fn, device: str) -> float:
     if device.startswith("cuda"):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

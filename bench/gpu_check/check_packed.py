@@ -10,18 +10,19 @@ from the reference is what a leak would look like, next to the distance measured
 
 from __future__ import annotations
 
-import json
 import statistics
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from check_model import timed
 
-from med42_ray.train.packing import IGNORE_INDEX, collate_packed, loss_sum, token_losses
+from med42_ray.layout import PreparedDir
+from med42_ray.train.packing import COLUMNS, IGNORE_INDEX, collate_packed, loss_sum, token_losses
+from med42_ray.train.strategies import flash_kernel_available
+from med42_ray.train.trainer import read_manifest
 
-COLUMNS = ("input_ids", "labels", "position_ids")
 KERNELS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
 # Largest per-token |packed - alone| that passes, by dtype: fp32 is exact up to summation order;
 # bf16 runs different kernels for the two shapes (masked vs causal) and rounds every layer.
@@ -30,10 +31,10 @@ TOLERANCE = {torch.float32: {"max": 1e-4, "mean": 1e-5}, torch.bfloat16: {"max":
 
 def packed_rows(prepared, n: int) -> list[dict]:
     """The first `n` packed rows of the prepared shards, as lists."""
-    manifest = json.loads((prepared / "manifest.json").read_text())
+    _, shards = read_manifest(PreparedDir(prepared))
     rows = []
-    for shard in manifest["shards"]:
-        table = pq.read_table(prepared / shard, columns=list(COLUMNS))
+    for shard in shards:
+        table = pq.read_table(shard, columns=list(COLUMNS))
         rows += [dict(zip(COLUMNS, r)) for r in zip(*(table.column(c).to_pylist() for c in COLUMNS))]
         if len(rows) >= n:
             return rows[:n]
@@ -69,11 +70,9 @@ def collate(rows: list[dict], vocab: int):
 def unavailable(kernel: str, device: str) -> str | None:
     """Why this attention kernel is not measured here (None: it is)."""
     if kernel == "flash_attention_2":
-        from transformers.utils import is_flash_attn_2_available
-
         if not device.startswith("cuda"):
             return "CUDA only"
-        if not is_flash_attn_2_available():
+        if not flash_kernel_available(kernel):  # what the trainer checks before it builds the model
             return ("the flash-attn package is not installed (PyPI has no prebuilt wheel for this torch and "
                     "CUDA; none is carried)")
     if kernel == "flex_attention" and not device.startswith("cuda"):
@@ -172,13 +171,5 @@ def fwd_bwd_rate(model, batch, device: str, reps: int) -> float:
         model.zero_grad(set_to_none=True)
 
     step()
-    times = []
-    for _ in range(reps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+    times = [timed(step, device)[1] for _ in range(reps)]
     return batch.real_tokens / statistics.median(times)

@@ -223,7 +223,6 @@ def _export_trial(base: RunConfig, trial: dict, name: str, sweep_dir: SweepDir) 
     cfg = apply_params(base, trial["params"])
     cfg.train.output_dir = trial["output_dir"]
     cfg.train.run_name = f"{name}-{trial['trial_id']}"
-    cfg.train.export = True
     return export_finished_run(cfg)[EXPORT_ADAPTER]
 
 

@@ -53,6 +53,13 @@ def marker_name(rank: int) -> str:
     return f"rank{rank}.complete.json"
 
 
+def common_step(markers: list[dict], where) -> int:
+    """The step every rank's marker names; a checkpoint whose ranks disagree is refused."""
+    if len({m["step"] for m in markers}) != 1:
+        raise CheckpointError(f"checkpoint {where} mixes ranks from different steps")
+    return markers[0]["step"]
+
+
 def save(engine, state: TrainState, rank: int, world_size: int, lora: bool, with_optimizer: bool = True,
          local_root: str | None = None) -> Path:
     """Write this rank's part of the checkpoint into a fresh directory under `local_root` (None: the
@@ -86,8 +93,7 @@ def restore(engine, ckpt_dir: str | os.PathLike, rank: int, world_size: int, lor
         raise CheckpointError(f"checkpoint {ckpt_dir} was written by {markers[0]['world_size']} workers; "
                               f"this run has {world_size}. DeepSpeed ZeRO shards only load with the same "
                               "number of workers: set train.scaling.num_workers to match.")
-    if len({m["step"] for m in markers}) != 1:
-        raise CheckpointError(f"checkpoint {ckpt_dir} mixes ranks from different steps")
+    common_step(markers, ckpt_dir)
     if not markers[rank].get("optimizer", True):
         _restore_master_weights(engine, ckpt_dir, rank)
     else:

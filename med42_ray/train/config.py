@@ -85,7 +85,8 @@ class TrainConfig(StrictModel):
                              "whose checkpoints are the adapters and their optimizer) every checkpoint is complete")
     checkpoint_local_dir: str | None = Field(
         None, description="where each worker writes its part of a checkpoint before it is uploaded to "
-                          "storage: a fast local disk (NVMe), with room for one checkpoint (None: the temp dir)")
+                          "storage: a fast local disk (NVMe) with room for that part of one checkpoint, of two "
+                          "with checkpoint_upload async (None: the temp dir)")
     checkpoint_upload: Literal["sync", "async"] = Field(
         "sync", description="sync: training waits until a checkpoint is in storage; async: it goes on while "
                             "Ray uploads (the local copy is deleted after upload)")

@@ -26,7 +26,7 @@ import torch
 from med42_ray.errors import ConfigError
 from med42_ray.layout import EXPORT_ADAPTER, EXPORT_MERGED, EXPORT_MODEL, TrainDir
 from med42_ray.train import strategies
-from med42_ray.train.checkpointing import DS_TAG, CheckpointError, marker_name
+from med42_ray.train.checkpointing import DS_TAG, CheckpointError, common_step, marker_name
 from med42_ray.train.config import TrainConfig
 
 POLL_S = 10.0  # how often the driver looks for a node that fits the export task while none does
@@ -39,9 +39,7 @@ def checkpoint_step(checkpoint) -> int:
         raise CheckpointError("the training run left no checkpoint to export from")
     markers = [_read_marker(checkpoint, 0)]
     markers += [_read_marker(checkpoint, r) for r in range(1, markers[0]["world_size"])]
-    if len({m["step"] for m in markers}) != 1:
-        raise CheckpointError(f"checkpoint {checkpoint.path} mixes ranks from different steps")
-    return markers[0]["step"]
+    return common_step(markers, checkpoint.path)
 
 
 def _read_marker(checkpoint, rank: int) -> dict:
