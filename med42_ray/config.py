@@ -22,7 +22,7 @@ from med42_ray.errors import ConfigError
 from med42_ray.eval.config import EvalConfig
 from med42_ray.merge import deep_merge
 from med42_ray.paths import DEFAULT_CONFIG, PACKAGE_SCHEME, resolve_path
-from med42_ray.pipeline.config import PipelineConfig, merged_train_config
+from med42_ray.pipeline.config import PipelineConfig, merged_eval_config, merged_train_config
 from med42_ray.strict_model import StrictModel
 from med42_ray.sweep.config import SweepConfig
 from med42_ray.train.config import TrainConfig
@@ -49,16 +49,23 @@ class RunConfig(StrictModel):
     @model_validator(mode="after")
     def _pipeline_train_configs_valid(self) -> "RunConfig":
         # Fail at load, not an hour into the pipeline when the LoRA stage starts.
+        def problems(e: ValidationError) -> str:
+            return "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+
+        try:
+            merged_eval_config(self.evaluate, self.pipeline.evaluate)
+            shared = merged_train_config(self.train, self.pipeline.train)
+        except ValidationError as e:
+            raise ValueError(f"pipeline.train / pipeline.evaluate: {problems(e)}") from None
         sections = {"full": self.pipeline.full, "lora": self.pipeline.lora}
         if self.pipeline.pretrain is not None:
             sections["pretrain.train"] = self.pipeline.pretrain.train
         for name, overrides in sections.items():
             strategy = {"pretrain.train": "full"}.get(name, name)
             try:
-                merged_train_config(self.train, overrides, strategy=strategy)
+                merged_train_config(shared, overrides, strategy=strategy)
             except ValidationError as e:
-                problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-                raise ValueError(f"pipeline.{name} does not make a valid train config: {problems}") from None
+                raise ValueError(f"pipeline.{name} does not make a valid train config: {problems(e)}") from None
         return self
 
 

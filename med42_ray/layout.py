@@ -6,6 +6,8 @@
     <run_dir>/train/<strategy>/            metrics.jsonl, run_info.json, model/ or adapter/ + merged/
     <run_dir>/ray_results/                 Ray Train checkpoints (unless train.storage_path is set)
     <run_dir>/eval/                        evaluate: results.json, comparison.*, <model>/results.json + samples/
+                                           (the headline protocol), protocols/<name>/ (each of
+                                           evaluate.also_protocols, the same layout inside)
     <run_dir>/eval/<label>/                the pipeline's evaluation of base, full, lora (same layout inside)
     <run_dir>/sweep/                       trials.json, best_config.yaml, best_adapter/, trials/<id>/, tune/
     <run_dir>/report/                      report.md, report.html, report.json, *.png
@@ -30,6 +32,8 @@ if TYPE_CHECKING:  # annotations only: the layout sits below the config composit
 # What training exports, by name: full-parameter writes the model; LoRA its adapter and the
 # adapter merged into a copy of the base.
 EXPORT_MODEL, EXPORT_ADAPTER, EXPORT_MERGED = "model", "adapter", "merged"
+# evaluate's folder of the non-headline protocols, beside its per-model folders: no model may take the name
+PROTOCOLS_DIR = "protocols"
 
 
 def export_names(strategy: str) -> tuple[str, ...]:
@@ -96,6 +100,15 @@ class EvalDir:
 
     def samples(self, name: str, benchmark: str) -> Path:
         return self.model(name) / "samples" / f"{benchmark}.jsonl"
+
+    @property
+    def protocols_root(self) -> Path:
+        return self.root / PROTOCOLS_DIR
+
+    def protocol(self, name: str) -> EvalDir:
+        """Where the same evaluation under another protocol (evaluate.also_protocols) goes: kept
+        apart, so results.json and <model>/ stay the headline protocol's."""
+        return EvalDir(self.protocols_root / name)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ def test_weights_only_checkpoint_resumes_the_same_weights(sample_prepared, tiny_
     local = tmp_path / "nvme"
     cfg = load_config(None, [
         f"run_dir={tmp_path}", f"train.data_dir={sample_prepared[0]}", "train.strategy=full",
-        f"train.max_steps={STEPS}", "train.scaling.num_workers=2", "train.lr=1e-3", "train.export=false",
+        f"train.max_steps={STEPS}", "train.scaling.num_workers=2", "train.scaling.threads_per_worker=1", "train.zero_stage=null",
+        "train.lr=1e-3", "train.export=false",
         "train.checkpoint_every_steps=2", "train.keep_checkpoints=null", "train.checkpoint_optimizer=epoch_end",
         f"train.checkpoint_local_dir={local}"])  # sync upload: the kill cannot beat it (async: test_train_ray)
     marker = tmp_path / "killed.txt"

@@ -34,6 +34,7 @@ OWN = {
         "--benchmarks-dir": ("bench/root", {"evaluate.benchmarks_dir": "bench/root"}),
         "--benchmarks": ("medqa_4options, pubmedqa", {"evaluate.benchmarks": ["medqa_4options", "pubmedqa"]}),
         "--protocol": ("med42_chat", {"evaluate.protocol": "med42_chat"}),
+        "--also-protocols": ("harness, med42_chat", {"evaluate.also_protocols": ["harness", "med42_chat"]}),
         "--num-actors": ("3", {"evaluate.num_actors": 3}),
         **LIMIT,
         "--output-dir": ("eval/here", {"evaluate.output_dir": "eval/here"}),
@@ -101,3 +102,18 @@ def test_a_bad_value_names_the_option(capsys):
         load_from_args(parse("pipeline", "--strategies", "qlora"))
     assert main(["train", "--num-workers", "0"]) == 2
     assert "from flag --num-workers" in capsys.readouterr().err
+
+
+def test_demo_full_budget_trains_the_papers_epochs_in_its_own_run_dir():
+    from med42_ray.pipeline.cli import demo_config
+    from med42_ray.pipeline.config import merged_train_config
+
+    capped, full_budget = demo_config(parse("demo")), demo_config(parse("demo", "--full-budget"))
+    assert (capped.run_dir, full_budget.run_dir) == ("runs/demo", "runs/demo-full-budget")
+    for strategy, epochs in (("full", 3), ("lora", 8)):
+        capped_train = merged_train_config(capped.train, getattr(capped.pipeline, strategy), strategy=strategy)
+        train = merged_train_config(full_budget.train, getattr(full_budget.pipeline, strategy), strategy=strategy)
+        assert capped_train.max_steps is not None  # the demo caps its runs
+        assert (train.max_steps, train.resolved_epochs()) == (None, epochs)
+        assert train.model_copy(update={"max_steps": capped_train.max_steps}) == capped_train  # nothing else
+    assert demo_config(parse("demo", "--full-budget", "--run-dir", "x")).run_dir == "x"

@@ -243,6 +243,48 @@ def test_killed_actor_still_yields_complete_identical_results(ray_cluster, tmp_p
     assert (out / "comparison.png").stat().st_size > 10_000
 
 
+def test_two_protocols_in_one_pass_equal_two_separate_runs(ray_cluster, tmp_path, small_root, tiny_dir):
+    """full_text as the headline and harness beside it: one group of actors per model scores both,
+    each distinct request once (harness and full_text ask PubMedQA alike), and each protocol's
+    results equal a run of that protocol alone."""
+    from med42_ray.eval.run import run_evaluate
+    from med42_ray.layout import EvalDir
+
+    def evaluate(out: str, protocol: str, *also: str):
+        cfg = _eval_config(tmp_path / out, small_root, [{"name": "base", "path": str(tiny_dir)}], num_actors=1,
+                           limit=3, benchmarks="[medqa_4options,pubmedqa]", protocol=protocol,
+                           also_protocols=f"[{','.join(also)}]")
+        events = []
+        return run_evaluate(cfg, on_event=events.append), events, EvalDir(tmp_path / out / "eval")
+
+    both, events, out = evaluate("both", "full_text", "harness")
+    assert len({id(a) for ev in events for a in ev.actors}) == 1  # num_actors=1: one actor scored both
+    alone = {p: evaluate(p, p)[0] for p in ("full_text", "harness")}
+    assert both["protocols_in_pass"] == ["full_text", "harness"]
+    assert alone["harness"]["protocols_in_pass"] == ["harness"]
+    # 3 questions of each benchmark; medqa's requests differ by protocol (letters vs answer texts),
+    # pubmedqa's are the same under both (its choices are texts in lm-eval too): scored once
+    assert (alone["full_text"]["distinct_prompts"], alone["harness"]["distinct_prompts"]) == (6, 6)
+    assert both["distinct_prompts"] == 9
+    assert json.loads(out.summary.read_text()) == both and both["protocol"] == "full_text"
+    harness = json.loads(out.protocol("harness").summary.read_text())
+    assert harness["protocol"] == "harness" and not out.protocol("full_text").root.exists()
+    for protocol, summary in (("full_text", both), ("harness", harness)):
+        where = out if protocol == "full_text" else out.protocol(protocol)
+        single = EvalDir(tmp_path / protocol / "eval")
+        assert json.loads(where.model_results("base").read_text()) == summary["models"]["base"]
+        for bench in ("medqa_4options", "pubmedqa"):
+            got = [json.loads(ln) for ln in where.samples("base", bench).read_text().splitlines()]
+            want = [json.loads(ln) for ln in single.samples("base", bench).read_text().splitlines()]
+            assert [r["request_key"] for r in got] == [r["request_key"] for r in want] and len(got) == 3
+            for g, w in zip(got, want):
+                assert_loglikelihoods_close(g["loglikelihoods"], w["loglikelihoods"], w["num_tokens"], g["id"])
+                assert (g["prediction"], g["acc"]) == (w["prediction"], w["acc"]), (protocol, g["id"])
+            metrics = summary["models"]["base"]["benchmarks"][bench]
+            assert metrics == alone[protocol]["models"]["base"]["benchmarks"][bench]
+        assert f"protocol `{protocol}`" in where.comparison_md.read_text()
+
+
 def test_cli_evaluates_every_benchmark_with_two_actors(ray_cluster, tmp_path, tiny_dir):
     """Acceptance on the embedded sample benchmarks (every benchmark it holds), 2 actors."""
     from med42_ray.benchmarks import BENCHMARKS

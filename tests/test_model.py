@@ -26,7 +26,7 @@ def test_tiny_llama_loads_like_a_hub_llama(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d)
     assert isinstance(model, LlamaForCausalLM)
-    assert 1_000_000 < sum(p.numel() for p in model.parameters()) < 20_000_000
+    assert 500_000 < sum(p.numel() for p in model.parameters()) < 20_000_000
     assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("<s>", "</s>", "<pad>", "<unk>")
     assert len({tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id}) == 4
     assert len(tok) <= model.config.vocab_size

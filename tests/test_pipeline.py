@@ -28,8 +28,11 @@ def test_demo_plan_runs_the_papers_comparison_in_order(tmp_path):
     assert plan["evaluate_full"][0].inputs == {**plan["evaluate_full"][0].inputs,
                                                "model": str(tmp_path / "train" / "full" / "model"), "adapter": None}
     full, lora = plan["train_full"][0].inputs["train"], plan["train_lora"][0].inputs["train"]
-    assert (full["strategy"], full["max_steps"], full["lr"]) == ("full", 30, 1e-3)  # train.lr shared
-    assert (lora["strategy"], lora["max_steps"], lora["lr"]) == ("lora", 30, 5e-3)  # pipeline.lora on top
+    assert (full["strategy"], full["max_steps"], full["lr"]) == ("full", 900, 5e-3)  # pipeline.train.lr shared
+    assert (lora["strategy"], lora["max_steps"], lora["lr"]) == ("lora", 900, 1e-2)  # pipeline.lora on top
+    # pipeline.train and pipeline.evaluate apply to every stage, on top of train: and evaluate:
+    assert full["zero_stage"] == lora["zero_stage"] == 2 and full["shuffle_buffer_rows"] == 4096
+    assert plan["evaluate_base"][0].inputs["evaluate"]["protocol"] == "full_text"
 
 
 def test_plan_without_pretrain_and_with_one_strategy(tmp_path):
@@ -46,9 +49,25 @@ def test_fingerprints_follow_what_a_stage_computes_from(tmp_path):
                  "pipeline.kill_worker={stage: train_full, step: 2}")
     assert {name: fp for name, (_, fp) in same.items()} == before
     # a LoRA setting changes the LoRA stages and what reads them, nothing else
-    after = {name: fp for name, (_, fp) in _plan(tmp_path, "pipeline.lora.lr=0.01").items()}
+    after = {name: fp for name, (_, fp) in _plan(tmp_path, "pipeline.lora.lr=0.02").items()}
     changed = {name for name in before if before[name] != after[name]}
     assert changed == {"train_lora", "evaluate_lora", "report"}
+
+
+def test_also_protocols_change_the_evaluate_stages_and_the_report(tmp_path):
+    def fingerprints(*also: str) -> dict[str, str]:
+        plan = _plan(tmp_path, "pipeline.evaluate.protocol=full_text", f"pipeline.evaluate.also_protocols=[{', '.join(also)}]")
+        return {name: fp for name, (_, fp) in plan.items()}
+
+    alone = fingerprints()
+    assert fingerprints("full_text") == alone  # the headline listed again scores nothing more
+    changed = {name for name, fp in fingerprints("harness").items() if fp != alone[name]}
+    assert changed == {"evaluate_base", "evaluate_full", "evaluate_lora", "report"}
+    assert fingerprints("harness", "med42_chat") != fingerprints("med42_chat", "harness")  # order: the files' order
+    plan = _plan(tmp_path, "pipeline.evaluate.protocol=full_text", "pipeline.evaluate.also_protocols=[harness]")
+    assert plan["evaluate_lora"][0].inputs["evaluate"]["also_protocols"] == ["harness"]
+    # none: the inputs read as before the key existed, so earlier run dirs keep their markers
+    assert "also_protocols" not in _plan(tmp_path, "pipeline.evaluate.also_protocols=[]")["evaluate_base"][0].inputs["evaluate"]
 
 
 def test_a_marker_for_other_inputs_is_an_error_not_a_silent_rerun(tmp_path):

@@ -63,27 +63,30 @@ SOURCES = {
 
 # -- run directory generator ------------------------------------------------------------------------
 
-def model_results(column: int, label: str) -> dict:
+def model_results(column: int, label: str, protocol: str = "harness", fewer: int = 0) -> dict:
+    """`fewer`: that many correct answers fewer per benchmark (another protocol's results)."""
     per_benchmark, samples = {}, {}
     for bench, (n, *correct) in COUNTS.items():
         k = correct[column]
         if k is None:
             continue
+        k = max(0, k - fewer)
         rows = [{"acc": float(i < k), "acc_norm": float(i < k), **({"step": STEPS[i % 3]} if "usmle" in bench else {})}
                 for i in range(n)]
         samples[bench] = rows
         per_benchmark[bench] = res.benchmark_metrics(rows, 0, 10 * n)
-    return {"model": f"runs/x/train/{label}/model", "adapter": None, "protocol": "harness",
+    return {"model": f"runs/x/train/{label}/model", "adapter": None, "protocol": protocol,
             "benchmarks": per_benchmark, "aggregates": res.aggregate(per_benchmark, samples)}
 
 
-def eval_summary(label: str, model: dict) -> dict:
-    """What `run_evaluate` writes at evaluate.output_dir (the pipeline: <run_dir>/eval/<label>)."""
-    return {"protocol": "harness",
+def eval_summary(label: str, model: dict, protocols=("harness",)) -> dict:
+    """What `run_evaluate` writes at evaluate.output_dir (the pipeline: <run_dir>/eval/<label>), or
+    at its protocols/<protocol>/ for the protocols after the first (the headline)."""
+    return {"protocol": model["protocol"],
             "protocol_description": "lm-evaluation-harness 0.4.x zero-shot templates; log-likelihood of ' ' + choice",
             "benchmarks_dir": SAMPLE_DIR, "limit": None, "seconds": 25.59, "questions": 309,
-            "distinct_prompts": 309, "questions_per_second": 22.04, "skipped_benchmarks": [],
-            "notes": res.NOTES, "models": {label: model}}
+            "distinct_prompts": 309, "protocols_in_pass": list(protocols), "questions_per_second": 22.04,
+            "skipped_benchmarks": [], "notes": res.NOTES, "models": {label: model}}
 
 
 def metrics_rows(strategy: str, steps: int) -> list[dict]:
@@ -119,11 +122,16 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
-def make_run_dir(root: Path, evals=("base", "full", "lora"), strategies=("full", "lora"), steps=12) -> Path:
+def make_run_dir(root: Path, evals=("base", "full", "lora"), strategies=("full", "lora"), steps=12,
+                 protocols=("harness",)) -> Path:
+    """`protocols`: the headline, then the also-scored ones, laid out as the pipeline's evaluate writes
+    them (each protocol after the headline: 2 fewer correct answers per benchmark than the one before)."""
     for label in evals:
-        model = model_results(("base", "full", "lora").index(label), label)
-        write_json(root / "eval" / label / "results.json", eval_summary(label, model))
-        write_json(root / "eval" / label / label / "results.json", model)  # evaluate's per-model copy
+        for i, protocol in enumerate(protocols):
+            model = model_results(("base", "full", "lora").index(label), label, protocol, fewer=2 * i)
+            out = root / "eval" / label / ("" if i == 0 else f"protocols/{protocol}")
+            write_json(out / "results.json", eval_summary(label, model, protocols))
+            write_json(out / label / "results.json", model)  # evaluate's per-model copy
     for s in strategies:
         d = root / "train" / s
         d.mkdir(parents=True)
@@ -313,6 +321,17 @@ def test_missing_and_malformed_inputs_name_the_file_and_field(tmp_path):
     full.write_text(json.dumps(data))
     with pytest.raises(ReportError, match=re.escape(f"{full}: field 'models.full.benchmarks.medmcqa.acc'")):
         build_report(run_dir)
+    data["models"]["full"]["benchmarks"]["medmcqa"]["acc"] = 0.3  # of 40 questions: 12 correct, fine
+    del data["models"]["full"]["benchmarks"]["pubmedqa"]["n"]  # the pooled accuracy counts questions
+    full.write_text(json.dumps(data))
+    with pytest.raises(ReportError, match=re.escape(f"{full}: field 'models.full.benchmarks.pubmedqa.n'")):
+        build_report(run_dir)
+    data["models"]["full"]["benchmarks"]["pubmedqa"]["n"] = 30
+    data["models"]["full"]["benchmarks"]["medmcqa"]["acc"] = 0.33  # 13.2 of 40: not per-question 0/1
+    full.write_text(json.dumps(data))
+    with pytest.raises(ReportError, match=re.escape(f"{full}: field 'models.full.benchmarks.medmcqa': ")
+                       + ".*not a whole number"):
+        build_report(run_dir)
     full.write_text(good)
 
     metrics = run_dir / "train" / "full" / "metrics.jsonl"
@@ -348,3 +367,157 @@ def test_usmle_step_rows_only_when_items_carry_steps():
     rows = res.comparison_rows({"base": model(False), "full": model(True)})
     assert [label.strip() for label, *_ in rows] == ["usmle_sample_exam"] + [f"usmle_sample_exam {s}" for s in STEPS]
     assert rows[1][1] == [None, pytest.approx(100 * 2 / 3)]  # step1 holds items 0, 3, 6: two of them correct
+
+
+# -- pooled accuracy ---------------------------------------------------------------------------------
+
+def hand_made(**benchmarks: tuple[int, int]) -> dict:
+    """One model's results from (correct, questions) per benchmark, through evaluate's own metrics."""
+    return {"benchmarks": {b: res.benchmark_metrics([{"acc": float(i < k), "acc_norm": 0.0} for i in range(n)], 0, n)
+                           for b, (k, n) in benchmarks.items()}}
+
+
+def binomial(correct: int, n: int) -> tuple[float, float]:
+    p = correct / n
+    return p, math.sqrt(p * (1 - p) / n)
+
+
+def test_pooled_accuracy_counts_every_question_once():
+    from med42_ray.report.sections import pooled_accuracy
+
+    models = {"base": hand_made(a=(1, 2), b=(30, 100)), "full": hand_made(a=(2, 2), b=(60, 100)),
+              "lora": hand_made(a=(1, 2), b=(55, 100))}
+    block = pooled_accuracy(models, "full_text", headline=True)
+    assert (block["protocol"], block["headline"], block["benchmarks"]) == ("full_text", True, ["a", "b"])
+    base = block["models"]["base"]
+    assert (base["correct"], base["n"]) == (31, 102)
+    assert base["acc"] == pytest.approx(31 / 102) != pytest.approx((0.5 + 0.3) / 2)  # not the benchmarks' mean
+    assert base["se"] == pytest.approx(math.sqrt(31 / 102 * 71 / 102 / 102))
+    assert list(block["differences"]) == ["full-base", "lora-base", "full-lora"]
+    for key, (a, b) in {"full-base": (62, 31), "lora-base": (56, 31), "full-lora": (62, 56)}.items():
+        (pa, sa), (pb, sb) = binomial(a, 102), binomial(b, 102)
+        d = block["differences"][key]
+        assert d["diff"] == pytest.approx(pa - pb) and d["se"] == pytest.approx(math.sqrt(sa ** 2 + sb ** 2))
+        assert d["z"] == pytest.approx((pa - pb) / math.sqrt(sa ** 2 + sb ** 2)) and d["same_benchmarks"]
+    assert block["differences"]["lora-base"]["z"] == pytest.approx(3.653, abs=1e-3)  # 0.2451 / 0.0671
+    assert block["ordering"] == {"checks": [
+        {"claim": "full > base by >= 2 se", "difference": "full-base", "holds": True},
+        {"claim": "lora > base by >= 2 se", "difference": "lora-base", "holds": True},
+        {"claim": "full >= lora", "difference": "full-lora", "holds": True}], "holds": True, "complete": True}
+
+
+@pytest.mark.parametrize(("models", "holds", "verdict"), [
+    # full below 2 errors above base (0.10 / 0.070 = 1.43 errors)
+    ({"base": (40, 100), "full": (50, 100), "lora": (49, 100)}, [False, False, True], False),
+    # LoRA above full: the paper's full >= LoRA fails though both beat the base
+    ({"base": (20, 100), "full": (50, 100), "lora": (51, 100)}, [True, True, False], False),
+    # equal pools (62/102 each, split differently over the benchmarks): full >= LoRA holds
+    ({"base": (31, 102), "full": (62, 102), "lora": (62, 102)}, [True, True, True], True),
+    # a pipeline with strategies [full]: only its check is made
+    ({"base": (20, 100), "full": (50, 100)}, [True, None, None], True),
+    # no base column: only full >= lora can be checked
+    ({"full": (20, 100), "lora": (50, 100)}, [None, None, False], False),
+    # columns of another name (a standalone evaluate): nothing to check
+    ({"tiny": (20, 100), "tiny+adapter": (50, 100)}, [None, None, None], None),
+])
+def test_ordering_verdict(models, holds, verdict):
+    from med42_ray.report.sections import pooled_accuracy
+
+    def split(name, k, n):  # lora's 62 of 102 fall differently over the two benchmarks than full's
+        first = min(k, 2) if name != "lora" else 0
+        return hand_made(a=(first, 2), b=(k - first, n - 2))
+
+    block = pooled_accuracy({name: split(name, k, n) for name, (k, n) in models.items()}, "harness", headline=False)
+    assert [c["holds"] for c in block["ordering"]["checks"]] == holds
+    assert block["ordering"]["holds"] is verdict
+    assert block["ordering"]["complete"] is (None not in holds)
+    assert set(block["differences"]) == {c["difference"] for c, h in zip(block["ordering"]["checks"], holds)
+                                         if h is not None}
+
+
+def pooled_from_counts(column: int, fewer: int = 0) -> tuple[int, int]:
+    """(correct, questions) over every benchmark the column has, straight from COUNTS."""
+    pairs = [(max(0, c[column] - fewer), n) for n, *c in COUNTS.values() if c[column] is not None]
+    return sum(k for k, _ in pairs), sum(n for _, n in pairs)
+
+
+def test_pooled_section_comes_first_with_the_results_numbers(report):
+    run_dir, md_path = report
+    md = md_path.read_text()
+    assert md.index("## Pooled accuracy") < md.index("## Zero-shot accuracy")
+    assert "Headline protocol `harness`" in md and "### Protocol `harness` (headline)" in md
+    tables = markdown_tables(md)
+    shown = {r[0]: r[1:] for r in table_with(tables, "model", "correct / questions")[1:]}
+    data = json.loads((run_dir / "report" / "report.json").read_text())
+    assert data["headline_protocol"] == "harness" and list(data["pooled"]) == ["harness"]
+    block = data["pooled"]["harness"]
+    for column, label in enumerate(("base", "full", "lora")):
+        k, n = pooled_from_counts(column)
+        p, se = binomial(k, n)
+        assert block["models"][label] == {**block["models"][label], "correct": k, "n": n,
+                                          "acc": pytest.approx(p), "se": pytest.approx(se)}
+        assert shown[label] == [f"{k:,} / {n:,}", fmt(p, se)]
+    assert pooled_from_counts(0) == (74, 309) and pooled_from_counts(2) == (81, 282)  # lora: no usmle_self_assessment
+    diffs = {r[0]: r[1:] for r in table_with(tables, "difference", "size (standard errors)")[1:]}
+    (pf, sf), (pb, sb) = binomial(92, 309), binomial(74, 309)
+    z = (pf - pb) / math.hypot(sf, sb)
+    assert diffs["full − base"] == [f"+{100 * (pf - pb):.1f} ± {100 * math.hypot(sf, sb):.1f}", f"+{z:.1f}"]
+    assert block["differences"]["full-base"]["z"] == pytest.approx(z) and z < 2
+    assert "lora − base (different benchmarks)" in diffs and "lora lacks `usmle_self_assessment`" in md
+    assert block["ordering"]["holds"] is False
+    assert "The paper's ordering **does not hold**: full > base by ≥ 2 se ✗" in md
+    assert block["results_files"] == {c: str(run_dir / "eval" / c / "results.json") for c in ("base", "full", "lora")}
+    html = (run_dir / "report" / "report.html").read_text()
+    assert "<h3>Protocol <code>harness</code> (headline)</h3>" in html
+
+
+def test_two_protocols_headline_first_each_from_its_own_files(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", strategies=(), protocols=("full_text", "harness"))
+    # a protocol left by an earlier evaluate but not scored by this one is not read
+    stale = run_dir / "eval" / "base" / "protocols" / "med42_chat" / "results.json"
+    write_json(stale, eval_summary("base", model_results(0, "base", "med42_chat"), ("harness", "med42_chat")))
+    md = build_report(run_dir).read_text()
+    data = json.loads((run_dir / "report" / "report.json").read_text())
+    assert data["headline_protocol"] == "full_text" and list(data["pooled"]) == ["full_text", "harness"]
+    assert data["protocols"] == {"base": "full_text", "full": "full_text", "lora": "full_text"}
+    assert "Headline protocol `full_text` (the accuracy table below); also scored: `harness`." in md
+    assert md.index("### Protocol `full_text` (headline)") < md.index("### Protocol `harness`") < md.index(
+        "## Zero-shot accuracy")
+    assert "### Protocol `harness` (headline)" not in md
+    for protocol, fewer in (("full_text", 0), ("harness", 2)):
+        block = data["pooled"][protocol]
+        assert block["headline"] is (protocol == "full_text")
+        for column, label in enumerate(("base", "full", "lora")):
+            assert (block["models"][label]["correct"], block["models"][label]["n"]) == pooled_from_counts(column, fewer)
+        sub = "" if protocol == "full_text" else "protocols/harness"
+        assert block["results_files"] == {c: str(run_dir / "eval" / c / sub / "results.json")
+                                          for c in ("base", "full", "lora")}
+    # the accuracy table stays the headline protocol's
+    cells = {r[0]: r[1:] for r in table_with(markdown_tables(md), "benchmark", "Med42-70B (published)")[1:]}
+    assert cells["medqa_4options"][0] == "20.0 ± 6.4"
+
+    missing = run_dir / "eval" / "full" / "protocols" / "harness" / "results.json"
+    missing.unlink()
+    with pytest.raises(ReportError, match=re.escape(f"{missing}: file not found")):
+        build_report(run_dir)
+
+
+def test_a_standalone_evaluate_in_the_run_dir_reports_its_other_protocols(tmp_path):
+    """`med42-ray evaluate --also-protocols harness` into <run_dir>/eval: the columns are its
+    per-model results, the other protocol's under eval/protocols/harness/; no base/full/lora
+    columns, so no difference and no verdict."""
+    root = tmp_path / "run" / "eval"
+    for i, protocol in enumerate(("full_text", "harness")):
+        model = model_results(1, "tiny", protocol, fewer=2 * i)
+        out = root if i == 0 else root / "protocols" / protocol
+        write_json(out / "results.json", eval_summary("tiny", model, ("full_text", "harness")))
+        write_json(out / "tiny" / "results.json", model)
+    md = build_report(tmp_path / "run").read_text()
+    data = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
+    assert data["columns"] == ["tiny"] and list(data["pooled"]) == ["full_text", "harness"]
+    for protocol, fewer in (("full_text", 0), ("harness", 2)):
+        block = data["pooled"][protocol]
+        assert (block["models"]["tiny"]["correct"], block["models"]["tiny"]["n"]) == pooled_from_counts(1, fewer)
+        assert block["differences"] == {} and block["ordering"]["holds"] is None
+    assert data["pooled"]["harness"]["results_files"] == {"tiny": str(root / "protocols" / "harness" / "results.json")}
+    assert "full ≥ lora) **cannot be checked**: it needs two of the columns base, full, lora." in md

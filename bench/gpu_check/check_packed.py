@@ -30,15 +30,17 @@ TOLERANCE = {torch.float32: {"max": 1e-4, "mean": 1e-5}, torch.bfloat16: {"max":
 
 
 def packed_rows(prepared, n: int) -> list[dict]:
-    """The first `n` packed rows of the prepared shards, as lists."""
+    """The first `n` packed rows of the prepared shards that hold several documents, as lists (a row
+    of one long document has nothing to keep apart)."""
     _, shards = read_manifest(PreparedDir(prepared))
     rows = []
     for shard in shards:
         table = pq.read_table(shard, columns=list(COLUMNS))
-        rows += [dict(zip(COLUMNS, r)) for r in zip(*(table.column(c).to_pylist() for c in COLUMNS))]
+        rows += [row for row in (dict(zip(COLUMNS, r)) for r in zip(*(table.column(c).to_pylist() for c in COLUMNS)))
+                 if len(documents(row)) > 1]
         if len(rows) >= n:
             return rows[:n]
-    raise ValueError(f"{prepared}: {len(rows)} packed rows, the check needs {n}")
+    raise ValueError(f"{prepared}: {len(rows)} packed rows of several documents, the check needs {n}")
 
 
 def documents(row: dict) -> list[dict]:

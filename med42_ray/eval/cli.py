@@ -23,8 +23,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     Score MedQA, MedMCQA, PubMedQA, the six clinical MMLU subjects, HEAD-QA and the USMLE sample
     items by the log-likelihood of each choice, as lm-evaluation-harness 0.4 does, on a pool of
     Ray actors per model. Writes results.json, samples/<benchmark>.jsonl per model, and a
-    comparison table (Markdown + PNG) with Med42-70B's published numbers. With no options it
-    evaluates the embedded tiny model on the embedded sample benchmarks.
+    comparison table (Markdown + PNG) with Med42-70B's published numbers; --also-protocols scores
+    other protocols in the same pass, each written to protocols/<name>/ in the same layout. With
+    no options it evaluates the embedded tiny model on the embedded sample benchmarks.
     """
     from med42_ray.cli import load_from_args
     from med42_ray.eval.run import run_evaluate
@@ -45,6 +46,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     from med42_ray.cli import add_command, add_config_flag, comma_list
+    from med42_ray.eval.config import PROTOCOLS
 
     p = add_command(sub, "evaluate", cmd_evaluate)
     p.add_argument("--adapter", default=None, help="LoRA adapter directory for --model (peft, not merged)")
@@ -52,8 +54,11 @@ def register(sub) -> None:
                     help="root laid out like shared/data/raw (default: the embedded sample)")
     add_config_flag(p, "--benchmarks", "evaluate.benchmarks", type=comma_list,
                     help="comma-separated benchmark names (default: all found)")
-    add_config_flag(p, "--protocol", "evaluate.protocol", choices=["harness", "med42_chat", "full_text"],
-                    help="prompt and scoring protocol (default: harness)")
+    add_config_flag(p, "--protocol", "evaluate.protocol", choices=PROTOCOLS,
+                    help="the headline prompt and scoring protocol (default: harness)")
+    add_config_flag(p, "--also-protocols", "evaluate.also_protocols", type=comma_list,
+                    help=f"comma-separated protocols ({', '.join(PROTOCOLS)}) scored too, by the same actors "
+                         "in the same pass, written to <output-dir>/protocols/<name>/")
     add_config_flag(p, "--num-actors", "evaluate.num_actors", type=int, help="scoring actors per model")
     add_config_flag(p, "--limit", "evaluate.limit", type=int, help="first N questions of each benchmark")
     add_config_flag(p, "--output-dir", "evaluate.output_dir", help="where results go (default: <run_dir>/eval)")

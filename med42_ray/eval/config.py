@@ -1,4 +1,4 @@
-"""Configuration of `med42-ray evaluate`: which models, which benchmarks, which protocol, how wide."""
+"""Configuration of `med42-ray evaluate`: which models, which benchmarks, which protocols, how wide."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from med42_ray.layout import PROTOCOLS_DIR
 from med42_ray.strict_model import StrictModel, require_unique
 
 PROTOCOLS = ("harness", "med42_chat", "full_text")
+Protocol = Literal["harness", "med42_chat", "full_text"]
 
 
 class EvalModel(StrictModel):
@@ -16,14 +18,26 @@ class EvalModel(StrictModel):
     path: str = Field(..., description="HF model id, local HF directory, or 'tiny-llama'")
     adapter: str | None = Field(None, description="LoRA adapter directory (peft), applied without merging")
 
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v == PROTOCOLS_DIR:  # results go to <output_dir>/<name>/, beside <output_dir>/protocols/
+            raise ValueError(f"{v!r} is reserved for the other protocols' results; choose another model name")
+        return v
+
 
 class EvalConfig(StrictModel):
     benchmarks_dir: str = Field("pkg://sample/data/benchmarks",
                                 description="root laid out like shared/data/raw")
     benchmarks: list[str] | None = Field(None, description="benchmark names (None: every one found)")
-    protocol: Literal["harness", "med42_chat", "full_text"] = Field(
-        "harness", description="harness: lm-evaluation-harness 0.4 templates; med42_chat: the same question "
-                               "inside Med42's chat template; full_text: score the answer text, not its letter")
+    protocol: Protocol = Field(
+        "harness", description="the headline protocol (results.json, the report's table). harness: "
+                               "lm-evaluation-harness 0.4 templates; med42_chat: the same question inside "
+                               "Med42's chat template; full_text: score the answer text, not its letter")
+    also_protocols: list[Protocol] = Field(
+        default_factory=list, description="protocols scored besides `protocol`, in the same pass on the same "
+                                          "actors, each written to <output_dir>/protocols/<name>/ (`protocol` "
+                                          "itself listed here is scored once, as the headline)")
     models: list[EvalModel] = Field(default_factory=list,
                                     description="models to compare (empty: the run's `model`, plus --adapter)")
     num_actors: int = Field(2, ge=1, description="scoring actors per model (one per GPU; on CPU one per slot)")
@@ -52,6 +66,17 @@ class EvalConfig(StrictModel):
             if unknown:
                 raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
         return v
+
+    @field_validator("also_protocols")
+    @classmethod
+    def _no_repeats(cls, v: list[str]) -> list[str]:
+        require_unique(v, "protocol")
+        return v
+
+    @property
+    def protocols(self) -> list[str]:
+        """Every protocol a run scores, the headline first, each once."""
+        return [self.protocol, *(p for p in self.also_protocols if p != self.protocol)]
 
     @model_validator(mode="after")
     def _unique_names(self) -> "EvalConfig":

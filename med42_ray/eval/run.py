@@ -14,7 +14,7 @@ from med42_ray.eval import results as res
 from med42_ray.eval.config import EvalModel
 from med42_ray.eval.prompts import Request, build_request
 from med42_ray.eval.runner import Event, ModelJob, RunnerSettings, run_jobs
-from med42_ray.layout import eval_dir_for
+from med42_ray.layout import EvalDir, eval_dir_for
 from med42_ray.paths import resolve_path
 
 if TYPE_CHECKING:  # annotations only: a stage never imports the config composition at run time
@@ -72,8 +72,34 @@ class Progress:
             bar.close()
 
 
+Pairs = dict[str, list[tuple[BenchmarkItem, Request]]]  # benchmark -> (item, its request) in order
+
+
+def build_requests(items: dict[str, list[BenchmarkItem]], protocols: list[str], system_prompt: str | None):
+    """Every item's request under every protocol ({protocol: Pairs}), the distinct requests by key
+    (a model computes each once: equal prompt and continuations share a key, within a protocol
+    and across protocols, e.g. harness and full_text ask PubMedQA alike), and per key how many
+    questions of each benchmark it answers (the progress bars)."""
+    requests: dict[str, Pairs] = {}
+    unique: dict[str, Request] = {}
+    per_key_counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for protocol in protocols:
+        requests[protocol] = {}
+        for name, its in items.items():
+            pairs = [(it, build_request(it, protocol, system_prompt)) for it in its]
+            requests[protocol][name] = pairs
+            for _, r in pairs:
+                unique.setdefault(r.key, r)
+                per_key_counts[r.key][name] += 1
+    return requests, unique, per_key_counts
+
+
 def run_evaluate(cfg: RunConfig, adapter: str | None = None,
                  on_event: Callable[[Event], None] | None = None) -> dict:
+    """Score every model under evaluate.protocol and each of evaluate.also_protocols in one pass
+    (one group of actors per model takes the requests of all of them), write each protocol's
+    results (the headline's at the output directory, the others' under protocols/<name>/) and
+    return the headline protocol's summary."""
     from med42_ray.cluster import connect
 
     ecfg = cfg.evaluate
@@ -90,22 +116,15 @@ def run_evaluate(cfg: RunConfig, adapter: str | None = None,
     items, excluded = select_items(benches, ecfg.limit)
     models = ecfg.models or [EvalModel(name=default_model_name(cfg.model, adapter), path=cfg.model, adapter=adapter)]
 
-    # requests, each computed once per model: equal (prompt, continuations) share a key
-    requests: dict[str, list[tuple[BenchmarkItem, Request]]] = {}
-    unique: dict[str, Request] = {}
-    per_key_counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for name, its in items.items():
-        requests[name] = [(it, build_request(it, ecfg.protocol, cfg.prepare.system_prompt)) for it in its]
-        for _, r in requests[name]:
-            unique.setdefault(r.key, r)
-            per_key_counts[r.key][name] += 1
+    protocols = ecfg.protocols  # the headline first
+    requests, unique, per_key_counts = build_requests(items, protocols, cfg.prepare.system_prompt)
     n_questions = sum(len(v) for v in items.values())
     print(f"evaluating {len(models)} model(s) on {len(items)} benchmark(s): {n_questions} questions "
           f"({len(unique)} distinct prompts), {sum(excluded.values())} excluded (need an image); "
-          f"protocol {ecfg.protocol}", flush=True)
+          f"protocol {ecfg.protocol}" + (f", also {', '.join(protocols[1:])}" if protocols[1:] else ""), flush=True)
 
     connect(cfg.ray)
-    progress = Progress({n: len(v) * len(models) for n, v in items.items()}, ecfg.progress)
+    progress = Progress({n: len(v) * len(models) * len(protocols) for n, v in items.items()}, ecfg.progress)
 
     def event(ev: Event) -> None:
         if not ev.retried:
@@ -120,6 +139,7 @@ def run_evaluate(cfg: RunConfig, adapter: str | None = None,
                               gpus_per_actor=ecfg.gpus_per_actor, dtype=ecfg.dtype,
                               questions_per_task=ecfg.questions_per_task, max_batch_tokens=ecfg.max_batch_tokens,
                               max_length=ecfg.max_length, max_task_retries=ecfg.max_task_retries)
+    # one job per model for every protocol together: the same actors score all of them
     jobs = [ModelJob(m.name, m.path, m.adapter, list(unique.values())) for m in models]
     start = time.perf_counter()
     try:
@@ -128,36 +148,63 @@ def run_evaluate(cfg: RunConfig, adapter: str | None = None,
         progress.close()
     seconds = time.perf_counter() - start
 
-    summary = {"protocol": ecfg.protocol, "protocol_description": PROTOCOL_DESCRIPTIONS[ecfg.protocol],
-               "benchmarks_dir": str(root), "limit": ecfg.limit, "seconds": round(seconds, 2),
-               "questions": n_questions, "distinct_prompts": len(unique),
-               "questions_per_second": round(len(models) * n_questions / seconds, 2) if seconds else None,
-               "skipped_benchmarks": [n for n in (ecfg.benchmarks or BENCHMARKS) if n not in benches],
-               "notes": res.NOTES, "models": {}}
+    # what every protocol's summary shares: `seconds` is the one pass that scored them all
+    common = {"benchmarks_dir": str(root), "limit": ecfg.limit, "seconds": round(seconds, 2),
+              "questions": n_questions, "distinct_prompts": len(unique), "protocols_in_pass": protocols,
+              "questions_per_second":
+                  round(len(models) * len(protocols) * n_questions / seconds, 2) if seconds else None,
+              "skipped_benchmarks": [n for n in (ecfg.benchmarks or BENCHMARKS) if n not in benches],
+              "notes": res.NOTES}
     if "usmle_self_assessment" in benches:
         from med42_ray.benchmarks import usmle
 
-        summary["usmle_crosscheck"] = usmle.crosscheck(root)
+        common["usmle_crosscheck"] = usmle.crosscheck(root)
+    earlier = _earlier_results(ecfg.compare_with, protocols)
+    summaries = {}
+    for protocol in protocols:
+        dest = out if protocol == ecfg.protocol else out.protocol(protocol)
+        summaries[protocol] = _write_protocol(dest, protocol, common, models, requests[protocol], scored, excluded,
+                                              earlier[protocol])
+    others = "".join(f", {out.protocol(p).root.relative_to(out.root)}/" for p in protocols[1:])
+    print(f"wrote {out.summary}, {out.comparison_md.name}, {out.comparison_png.name} and per-model samples/"
+          f"{others} ({seconds:.1f} s, {common['questions_per_second']} questions/s)", flush=True)
+    return summaries[ecfg.protocol]
+
+
+def _write_protocol(dest: EvalDir, protocol: str, common: dict, models: list[EvalModel],
+                    requests: Pairs, scored: dict, excluded: dict[str, int],
+                    earlier: list[tuple[str, dict]]) -> dict:
+    """One protocol's results under `dest`: samples and results.json per model, the summary over
+    models, and the comparison table and chart (with the earlier results of this protocol)."""
+    summary = {"protocol": protocol, "protocol_description": PROTOCOL_DESCRIPTIONS[protocol], **common, "models": {}}
     for m in models:
         per_benchmark, samples = {}, {}
         for name, pairs in requests.items():
             rows = [res.sample_row(it, r, scored[m.name][r.key]) for it, r in pairs]
-            res.write_jsonl(out.samples(m.name, name), rows)
+            res.write_jsonl(dest.samples(m.name, name), rows)
             samples[name] = rows
             per_benchmark[name] = res.benchmark_metrics(rows, excluded[name], BENCHMARKS[name].size)
-        model_result = {"model": m.path, "adapter": m.adapter, "protocol": ecfg.protocol,
+        model_result = {"model": m.path, "adapter": m.adapter, "protocol": protocol,
                         "benchmarks": per_benchmark, "aggregates": res.aggregate(per_benchmark, samples)}
-        res.write_json(out.model_results(m.name), model_result)
+        res.write_json(dest.model_results(m.name), model_result)
         summary["models"][m.name] = model_result
-    res.write_json(out.summary, summary)
+    res.write_json(dest.summary, summary)
 
     table_models = dict(summary["models"])
-    for path in ecfg.compare_with:
-        earlier = json.loads(Path(path).read_text())
-        for name, m in earlier.get("models", {}).items():
+    for path, earlier_models in earlier:
+        for name, m in earlier_models.items():
             table_models.setdefault(name if name not in table_models else f"{name} ({Path(path).parent.name})", m)
-    out.comparison_md.write_text(res.comparison_markdown(table_models, ecfg.protocol))
-    res.comparison_chart(table_models, out.comparison_png)
-    print(f"wrote {out.summary}, {out.comparison_md.name}, {out.comparison_png.name} and per-model samples/ "
-          f"({seconds:.1f} s, {summary['questions_per_second']} questions/s)", flush=True)
+    dest.comparison_md.write_text(res.comparison_markdown(table_models, protocol))
+    res.comparison_chart(table_models, dest.comparison_png)
     return summary
+
+
+def _earlier_results(paths: list[str], protocols: list[str]) -> dict[str, list[tuple[str, dict]]]:
+    """evaluate.compare_with's files, (path, models), by the protocol whose table they join: their
+    own when this run scores it, else the headline's (a file from before protocols were recorded too)."""
+    out: dict[str, list[tuple[str, dict]]] = {p: [] for p in protocols}
+    for path in paths:
+        earlier = json.loads(Path(path).read_text())
+        out[earlier["protocol"] if earlier.get("protocol") in out else protocols[0]].append(
+            (path, earlier.get("models", {})))
+    return out

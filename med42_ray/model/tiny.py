@@ -34,10 +34,10 @@ TEXT_SUFFIXES = (".json", ".jsonl", ".csv")
 # Bump when the build recipe changes in a way the spec below does not capture.
 BUILD_VERSION = 1
 
-# Llama-2's architecture, scaled down to a few million parameters.
+# Llama-2's architecture, scaled down to about a million parameters.
 MODEL_SPEC = {
-    "hidden_size": 256,
-    "intermediate_size": 688,
+    "hidden_size": 128,
+    "intermediate_size": 344,
     "num_hidden_layers": 4,
     "num_attention_heads": 4,
     "num_key_value_heads": 4,
@@ -47,7 +47,11 @@ MODEL_SPEC = {
     "tie_word_embeddings": False,
     "init_seed": 0,
 }
-TOKENIZER_SPEC = {"vocab_size": 4096, "min_frequency": 2}
+# A small vocabulary on purpose: a 4096-token BPE learnt on the (mostly medical) sample gives each
+# medical term a token of its own that the general-domain pre-training never trains, so the base
+# cannot emit it and LoRA, which freezes the embeddings, cannot learn to; at 512 tokens 95% of the
+# medical answers' tokens also occur in general text (measured on the sample, 2026-11-30).
+TOKENIZER_SPEC = {"vocab_size": 512, "min_frequency": 2}
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 # Med42's turn markers; kept whole as (non-special) added tokens so they survive decoding.

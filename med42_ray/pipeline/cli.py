@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import time
+from pathlib import Path
 
 from med42_ray.errors import ConfigError
 
 DEMO_RUN_DIR = "runs/demo"
+FULL_BUDGET_RUN_DIR = "runs/demo-full-budget"
+# --full-budget: the paper's epochs (full 3, LoRA 8: TrainConfig's defaults) instead of the demo's step caps
+FULL_BUDGET_OVERRIDES = (("pipeline.full.max_steps", None), ("pipeline.lora.max_steps", None))
 
 
 def _run(cfg) -> dict:
     from med42_ray.pipeline.run import run_pipeline
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
     outputs = run_pipeline(cfg)
     print(summary(outputs))
+    print(f"pipeline finished in {_minutes(time.perf_counter() - started)} (stages run now; finished ones skipped)")
     return outputs
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{seconds % 60:02.0f}s"
 
 
 def summary(outputs: dict[str, dict]) -> str:
@@ -29,8 +41,25 @@ def summary(outputs: dict[str, dict]) -> str:
         lines.append(f"mean zero-shot accuracy over {len(shared)} benchmarks: "
                      + ", ".join(f"{label} {100 * m:.1f}%" for label, m in means.items()))
     if "report" in outputs:
+        lines += pooled_lines(Path(outputs["report"]["report"]).with_name("report.json"))
         lines.append(f"report: {outputs['report']['report']}")
     return "\n".join(lines)
+
+
+def pooled_lines(report_json: Path) -> list[str]:
+    """The report's pooled comparison, headline protocol first: accuracies, differences, ordering."""
+    if not report_json.is_file():
+        return []
+    lines = []
+    for protocol, block in json.loads(report_json.read_text()).get("pooled", {}).items():
+        models = ", ".join(f"{name} {100 * m['acc']:.1f} ± {100 * m['se']:.1f}%" for name, m in block["models"].items())
+        diffs = ", ".join(f"{k.replace('-', ' − ')} {100 * d['diff']:+.1f} ± {100 * d['se']:.1f} ({d['z']:+.1f} se)"
+                          for k, d in block["differences"].items() if d.get("diff") is not None)
+        verdict = {True: "holds", False: "does not hold", None: "not checked"}[block["ordering"]["holds"]]
+        n = max((m["n"] for m in block["models"].values()), default=0)
+        lines.append(f"pooled accuracy, protocol {protocol}{' (headline)' if block.get('headline') else ''}, "
+                     f"{n} questions: {models}; {diffs}; the paper's ordering {verdict}")
+    return lines
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
@@ -48,21 +77,28 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """the pipeline in miniature on the embedded default (tiny Llama, sample data), ~5 min on 2 CPUs
+    """the pipeline in miniature on the embedded default (tiny Llama, sample data), < 10 min on 2 CPUs
 
     Sample mixture -> short pre-training of the tiny Llama on the general-domain sample ->
     full-parameter and LoRA fine-tuning -> zero-shot evaluation of base, full and LoRA -> report.
     Writes to {demo_run_dir}/ unless --run-dir is given; prints the report's path.
     """
+    _run(demo_config(args))
+    return 0
+
+
+def demo_config(args: argparse.Namespace):
+    """The embedded default with the demo's options (and --full-budget's epochs) applied."""
     from med42_ray.cli import load_from_args
 
     if args.config is not None:
         raise ConfigError("demo always runs the embedded default; use `med42-ray pipeline --config ...` "
                           "for your own config")
+    if args.full_budget:
+        args.overrides = [*args.overrides, *((key, value, "flag --full-budget") for key, value in FULL_BUDGET_OVERRIDES)]
     if args.run_dir is None:
-        args.run_dir = DEMO_RUN_DIR
-    _run(load_from_args(args))
-    return 0
+        args.run_dir = FULL_BUDGET_RUN_DIR if args.full_budget else DEMO_RUN_DIR
+    return load_from_args(args)
 
 
 def register(sub) -> None:
@@ -82,3 +118,6 @@ def register(sub) -> None:
                     help="evaluate on (and decontaminate against) real benchmark files laid out like "
                          "shared/data/raw, instead of the sample benchmark")
     add_config_flag(d, "--seed", "seed", type=int, help="seed for data sampling and model init")
+    d.add_argument("--full-budget", action="store_true",
+                   help=f"the paper's epochs (full-parameter 3, LoRA 8) instead of the demo's step caps; "
+                        f"writes to {FULL_BUDGET_RUN_DIR}/ unless --run-dir is given")

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 
 from med42_ray.merge import deep_merge
 from med42_ray.strict_model import StrictModel
+from med42_ray.eval.config import EvalConfig
 from med42_ray.train.config import TrainConfig
 
 
@@ -37,6 +38,10 @@ class PipelineConfig(StrictModel):
     strategies: list[Literal["full", "lora"]] = Field(
         default_factory=lambda: ["full", "lora"], min_length=1, description="fine-tuning runs to compare")
     evaluate_base: bool = Field(True, description="evaluate the base model too (the table's first column)")
+    train: dict[str, Any] = Field(default_factory=dict, description="train settings of every training stage of "
+                                  "the pipeline (pretrain, full, LoRA), on top of `train:`")
+    evaluate: dict[str, Any] = Field(default_factory=dict, description="evaluate settings of the pipeline's "
+                                     "evaluate stages, on top of `evaluate:`")
     full: dict[str, Any] = Field(default_factory=dict, description="train settings that differ for full-parameter")
     lora: dict[str, Any] = Field(default_factory=dict, description="train settings that differ for LoRA")
     pretrain: PretrainSettings | None = Field(None, description="pre-train the base first (the demo does)")
@@ -55,3 +60,7 @@ def merged_train_config(base: TrainConfig, overrides: dict[str, Any], **fixed: A
     tree = deep_merge(base.model_dump(), overrides)
     tree.update(fixed)
     return TrainConfig.model_validate(tree)
+
+
+def merged_eval_config(base: EvalConfig, overrides: dict[str, Any]) -> EvalConfig:
+    return EvalConfig.model_validate(deep_merge(base.model_dump(), overrides))

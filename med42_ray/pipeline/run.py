@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from med42_ray.errors import ConfigError
 from med42_ray.layout import EXPORT_ADAPTER, EXPORT_MODEL, export_names, layout_for, prepared_dir_for
-from med42_ray.pipeline.config import merged_train_config
+from med42_ray.pipeline.config import merged_eval_config, merged_train_config
 from med42_ray.pipeline.markers import StageMarkers, fingerprint
 
 if TYPE_CHECKING:  # annotations only: a stage never imports the config composition at run time
@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 # Settings that change how a stage runs, not what it computes: a resubmission on a different
 # cluster shape must still find its finished stages.
 OPERATIONAL_TRAIN_KEYS = {"scaling", "max_failures", "peak_tflops", "keep_checkpoints", "checkpoint_local_dir",
-                          "checkpoint_upload", "export_resources", "export_max_shard_size", "export_node_wait_s"}
+                          "checkpoint_upload", "export_resources", "export_max_shard_size", "export_node_wait_s",
+                          "report_every_s"}
 OPERATIONAL_EVAL_KEYS = {"num_actors", "cpus_per_actor", "gpus_per_actor", "progress", "questions_per_task",
                          "max_batch_tokens", "max_task_retries", "output_dir", "models", "compare_with"}
 
@@ -47,7 +48,11 @@ class Stage:
 class Pipeline:
     def __init__(self, cfg: RunConfig):
         self.layout = layout_for(cfg)  # absolute: every derived config names the same directory
-        self.cfg = cfg.model_copy(update={"run_dir": str(self.layout.root)}, deep=True)
+        # Every stage sees `pipeline.train` / `pipeline.evaluate` applied, as if they were `train:` / `evaluate:`.
+        self.cfg = cfg.model_copy(update={
+            "run_dir": str(self.layout.root),
+            "train": merged_train_config(cfg.train, cfg.pipeline.train),
+            "evaluate": merged_eval_config(cfg.evaluate, cfg.pipeline.evaluate)}, deep=True)
         self.markers = StageMarkers(self.layout.stages)
         self.outputs: dict[str, dict] = {}
 
@@ -97,8 +102,11 @@ class Pipeline:
         return stages
 
     def _eval_stage(self, label: str, model: str, adapter: str | None, upstream: list[str]) -> Stage:
-        inputs = {"evaluate": self.cfg.evaluate.model_dump(exclude=OPERATIONAL_EVAL_KEYS),
+        ecfg = self.cfg.evaluate
+        inputs = {"evaluate": ecfg.model_dump(exclude=OPERATIONAL_EVAL_KEYS | {"also_protocols"}),
                   "model": model, "adapter": adapter}
+        if ecfg.protocols[1:]:  # only then: a run dir evaluated before also_protocols existed keeps its markers
+            inputs["evaluate"]["also_protocols"] = ecfg.protocols[1:]
         return Stage(f"evaluate_{label}", inputs, lambda: self._evaluate(label, model, adapter), upstream)
 
     @staticmethod
@@ -146,7 +154,9 @@ class Pipeline:
             "progress": self.cfg.evaluate.progress and sys.stdout.isatty()})
         summary = run_evaluate(self.cfg.model_copy(update={"evaluate": ecfg}))
         accuracy = {b: m["acc"] for b, m in summary["models"][label]["benchmarks"].items()}
-        return {"results": str(self.layout.eval(label).summary), "accuracy": accuracy}
+        out = self.layout.eval(label)
+        also = {p: str(out.protocol(p).summary) for p in ecfg.protocols[1:]}
+        return {"results": str(out.summary), "accuracy": accuracy, **({"also_results": also} if also else {})}
 
     def _report(self) -> dict:
         from med42_ray.report import build_report

@@ -1,5 +1,6 @@
-"""The per-run report: accuracy table with Med42-70B's published numbers, loss curves, training
-cost per strategy and the decontamination summary, as Markdown, self-contained HTML and JSON.
+"""The per-run report: pooled accuracy per protocol with the differences between base, full and
+LoRA and the paper's ordering, accuracy table with Med42-70B's published numbers, loss curves,
+training cost per strategy and the decontamination summary, as Markdown, self-contained HTML and JSON.
 
     from med42_ray.report import build_report
     build_report("runs/demo")      # -> runs/demo/report/report.md

@@ -60,6 +60,52 @@ def _accuracy_section(doc: Doc, evals, table: dict, headline: dict) -> None:
     doc.para("Results: " + ", ".join(f"{c}: `{evals.files[c]}`" for c in cols) + ".")
 
 
+def _signed(v: float) -> str:
+    return f"{v:+.1f}".replace("-", "−")
+
+
+def _pooled_section(doc: Doc, pooled: dict[str, dict], headline: str | None) -> None:
+    doc.heading("Pooled accuracy")
+    others = [f"`{p}`" for p in pooled if p != headline]
+    doc.para("Every scored question of every benchmark a model was scored on, counted once (not the mean "
+             "of the benchmarks' accuracies): accuracy in % ± its binomial standard error √(p(1−p)/n). A "
+             "difference's error is √(se₁² + se₂²); its size is the difference in those errors. "
+             + (f"Headline protocol `{headline}` (the accuracy table below)" if headline else
+                "The accuracy table's columns used different protocols")
+             + (f"; also scored: {', '.join(others)}." if headline and others else "."))
+    for block in pooled.values():
+        _pooled_block(doc, block)
+
+
+def _pooled_block(doc: Doc, block: dict) -> None:
+    doc.subheading(f"Protocol `{block['protocol']}`" + (" (headline)" if block["headline"] else ""))
+    rows = [[c, f"{m['correct']:,} / {m['n']:,}", "—" if m["acc"] is None else _pct(100 * m["acc"], 100 * m["se"])]
+            for c, m in block["models"].items()]
+    doc.table(Table(["model", "correct / questions", "accuracy (%)"], rows, [False, True, True]))
+    fewer = {c: [b for b in block["benchmarks"] if b not in m["benchmarks"]] for c, m in block["models"].items()}
+    if any(fewer.values()):
+        doc.para("Not scored on every benchmark (a smaller pool; its differences compare other questions): "
+                 + "; ".join(f"{c} lacks {', '.join(f'`{b}`' for b in bs)}" for c, bs in fewer.items() if bs) + ".")
+    if block["differences"]:
+        rows = [[f"{d['model']} − {d['minus']}" + ("" if d["same_benchmarks"] else " (different benchmarks)"),
+                 "—" if d["diff"] is None else f"{_signed(100 * d['diff'])} ± {100 * d['se']:.1f}",
+                 "—" if d["z"] is None else _signed(d["z"])]
+                for d in block["differences"].values()]
+        doc.table(Table(["difference", "points (%)", "size (standard errors)"], rows, [False, True, True]))
+    doc.para(_ordering_text(block["ordering"]))
+
+
+def _ordering_text(ordering: dict) -> str:
+    mark = {True: "✓", False: "✗", None: "not checked"}
+    checks = "; ".join(f"{c['claim'].replace('>=', '≥')} {mark[c['holds']]}" for c in ordering["checks"])
+    if ordering["holds"] is None:
+        return (f"The paper's ordering (full > base and lora > base by ≥ {sections.ORDERING_MIN_ERRORS:g} se each, "
+                "full ≥ lora) **cannot be checked**: it needs two of the columns base, full, lora.")
+    verdict = "**holds**" if ordering["holds"] else "**does not hold**"
+    partial = "" if ordering["complete"] else " (on the columns present)"
+    return f"The paper's ordering {verdict}{partial}: {checks}."
+
+
 def _training_section(doc: Doc, strategies: dict) -> None:
     doc.heading("Training")
     if not strategies:
@@ -152,6 +198,10 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Path
     manifest = load_manifest(run_dir)
 
     table = sections.accuracy_table(evals.models)
+    headline_protocol = evals.headline_protocol
+    pooled = {p: {**sections.pooled_accuracy(models, p, p == headline_protocol),
+                  "results_files": evals.protocol_files[p]}
+              for p, models in evals.by_protocol.items()}
     headline = sections.usmle_headline(evals.models)
     strategies = {name: sections.strategy_summary(run) for name, run in training.items()}
     contam = sections.contamination(manifest) if manifest is not None else None
@@ -163,6 +213,7 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Path
 
     doc = Doc(f"med42-ray run report: `{run_dir.name}`")
     doc.para(f"Run directory `{run_dir}`; models " + ", ".join(f"**{c}**" for c in table["columns"]) + ".")
+    _pooled_section(doc, pooled, headline_protocol)
     _accuracy_section(doc, evals, table, headline)
     _training_section(doc, strategies)
     _contamination_section(doc, contam)
@@ -171,6 +222,7 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Path
     (out_dir / "report.md").write_text(to_markdown(doc))
     (out_dir / "report.html").write_text(to_html(doc, out_dir))
     report = {"run_dir": str(run_dir), "protocols": evals.protocols, "results_files": evals.files,
+              "headline_protocol": headline_protocol, "pooled": pooled,
               "columns": table["columns"], "rows": table["rows"], "usmle_headline": headline,
               "strategies": strategies, "contamination": contam}
     (out_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")

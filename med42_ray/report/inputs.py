@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from med42_ray.layout import EvalDir, RunLayout, TrainDir
+from med42_ray.layout import PROTOCOLS_DIR, EvalDir, RunLayout, TrainDir
 
 # Column / curve order when present; any other sub-directory follows, sorted.
 EVAL_ORDER = ("base", "full", "lora")
@@ -35,6 +35,17 @@ class Score(_Loose):
     n: int | None = Field(None, ge=0)
 
 
+class BenchmarkScore(Score):
+    """A benchmark's entry: its question count is required (the pooled accuracy counts questions)."""
+    n: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _whole_count(self) -> "BenchmarkScore":
+        if self.n and abs(self.acc * self.n - round(self.acc * self.n)) > 1e-6:
+            raise ValueError(f"acc {self.acc} of n {self.n} questions is not a whole number correct")
+        return self
+
+
 class Aggregates(_Loose):
     mmlu_clinical: Score | None = None
     usmle_sample_exam_by_step: dict[str, Score] | None = None
@@ -44,7 +55,7 @@ class Aggregates(_Loose):
 class ModelResults(_Loose):
     """One model's results.json (or one entry of a summary's "models")."""
     protocol: str | None = None
-    benchmarks: dict[str, Score]
+    benchmarks: dict[str, BenchmarkScore]
     aggregates: Aggregates = Aggregates()
 
 
@@ -53,6 +64,7 @@ class EvalSummary(_Loose):
     protocol: str
     protocol_description: str | None = None
     benchmarks_dir: str | None = None
+    protocols_in_pass: list[str] | None = None  # the headline first, then evaluate.also_protocols
     models: dict[str, ModelResults] = Field(min_length=1)
 
 
@@ -138,49 +150,96 @@ def _subdirs(parent: Path, first: tuple[str, ...]) -> list[Path]:
 
 
 @dataclass
+class _Source:
+    """Where a column's results came from, to find the same model under the other protocols."""
+    eval_dir: EvalDir       # the evaluate output holding it (protocols/<name>/ beside its results)
+    model: str              # its name in that evaluate's summary
+    protocols: list[str]    # what that evaluate scored, the headline first ([]: recorded before protocols were)
+
+
+@dataclass
 class EvalRuns:
     models: dict[str, dict]                 # column name -> one model's results (evaluate's format)
     protocols: dict[str, str | None]        # column name -> protocol
     files: dict[str, str]                   # column name -> results.json it came from
     descriptions: set[str] = field(default_factory=set)
     benchmarks_dirs: set[str] = field(default_factory=set)
+    # protocol -> column -> that column's results under it (the headline's included), headline first
+    by_protocol: dict[str, dict[str, dict]] = field(default_factory=dict)
+    protocol_files: dict[str, dict[str, str]] = field(default_factory=dict)  # same keys -> results.json
+
+    @property
+    def headline_protocol(self) -> str | None:
+        """The protocol of the accuracy table, when its columns share one."""
+        found = set(self.protocols.values())
+        return found.pop() if len(found) == 1 else None
 
 
 def load_eval(run_dir: Path) -> EvalRuns:
     """eval/<name>/results.json, in EVAL_ORDER: either evaluate's summary (one model: the column is
-    the directory's name; several: their own names) or one model's results.json."""
+    the directory's name; several: their own names) or one model's results.json; then the same
+    models under every other protocol their evaluate scored (evaluate.also_protocols)."""
     out = EvalRuns({}, {}, {})
     eval_root = RunLayout(run_dir).eval_root
+    top = read_json(eval_root.summary) if eval_root.summary.is_file() else None
+    sources: dict[str, _Source] = {}
     for d in _subdirs(eval_root.root, EVAL_ORDER):
         path = EvalDir(d).summary
-        if not path.is_file():
+        if d.name == PROTOCOLS_DIR or not path.is_file():
             continue
         data = read_json(path)
         if "models" in data:
             _validate(EvalSummary, data, str(path))
-            named = {d.name: m for m in data["models"].values()} if len(data["models"]) == 1 else {
-                name if name not in out.models else f"{d.name}/{name}": m for name, m in data["models"].items()}
+            own = {d.name: next(iter(data["models"]))} if len(data["models"]) == 1 else {
+                n if n not in out.models else f"{d.name}/{n}": n for n in data["models"]}
+            named = {c: data["models"][n] for c, n in own.items()}
+            passed = data.get("protocols_in_pass") or []
+            sources.update({c: _Source(EvalDir(d), n, passed) for c, n in own.items()})
             out.descriptions.add(data.get("protocol_description") or "")
             if data.get("benchmarks_dir"):
                 out.benchmarks_dirs.add(data["benchmarks_dir"])
         else:
             _validate(ModelResults, data, str(path))
             named = {d.name: data}
+            if top is not None and d.name in top.get("models", {}):  # evaluate's own per-model copy
+                sources[d.name] = _Source(eval_root, d.name, top.get("protocols_in_pass") or [])
         for name, m in named.items():
             out.models[name] = m
             out.protocols[name] = m.get("protocol") or data.get("protocol")
             out.files[name] = str(path)
-    top = eval_root.summary  # a stage-by-stage run's summary: only for the protocol notes
-    if top.is_file():
-        summary = read_json(top)
-        out.descriptions.add(summary.get("protocol_description") or "")
-        if summary.get("benchmarks_dir"):
-            out.benchmarks_dirs.add(summary["benchmarks_dir"])
+    if top is not None:  # a stage-by-stage run's summary: only for the protocol notes
+        out.descriptions.add(top.get("protocol_description") or "")
+        if top.get("benchmarks_dir"):
+            out.benchmarks_dirs.add(top["benchmarks_dir"])
     if not out.models:
         raise ReportError(f"no evaluation results: expected {RunLayout(run_dir).eval('base').summary} "
                           f"(or full/, lora/ beside it), written by `med42-ray evaluate`")
     out.descriptions.discard("")
+    _load_other_protocols(out, sources)
     return out
+
+
+def _load_other_protocols(out: EvalRuns, sources: dict[str, _Source]) -> None:
+    """Fill out.by_protocol: each column's headline results, then, for each other protocol its
+    evaluate scored (only those: a protocols/ folder left by an earlier run is not read), the
+    same model's results from <its evaluate output>/protocols/<protocol>/results.json."""
+    for name, m in out.models.items():
+        out.by_protocol.setdefault(out.protocols[name] or "unknown", {})[name] = m
+        out.protocol_files.setdefault(out.protocols[name] or "unknown", {})[name] = out.files[name]
+    for name, src in sources.items():
+        for protocol in src.protocols:
+            if protocol == out.protocols[name]:
+                continue
+            path = src.eval_dir.protocol(protocol).summary
+            data = read_json(path, EvalSummary)
+            if src.model not in data["models"]:
+                raise ReportError(f"{path}: field 'models.{src.model}': missing (the headline results in "
+                                  f"{out.files[name]} list protocol {protocol!r} for this model)")
+            out.by_protocol.setdefault(protocol, {})[name] = data["models"][src.model]
+            out.protocol_files.setdefault(protocol, {})[name] = str(path)
+    for by in (out.by_protocol, out.protocol_files):  # each protocol's columns in the table's order
+        for protocol, cols in by.items():
+            by[protocol] = {c: cols[c] for c in out.models if c in cols}
 
 
 @dataclass

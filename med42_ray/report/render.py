@@ -1,8 +1,8 @@
 """One document, two renderings: Markdown (next to the PNGs) and a self-contained HTML page
 (PNGs inlined as base64 data URIs, so the single file can be mailed or opened anywhere).
 
-Text uses a small Markdown subset: `code` and **bold** inline; blocks are headings, paragraphs,
-bullet lists, tables and images.
+Text uses a small Markdown subset: `code` and **bold** inline; blocks are headings (two levels),
+paragraphs, bullet lists, tables and images.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ class Doc:
     def heading(self, text: str) -> None:
         self.blocks.append(("h2", text))
 
+    def subheading(self, text: str) -> None:
+        self.blocks.append(("h3", text))
+
     def para(self, text: str) -> None:
         self.blocks.append(("p", text))
 
@@ -61,8 +64,8 @@ def _md_cell(text: str) -> str:
 def to_markdown(doc: Doc) -> str:
     out = [f"# {doc.title}", ""]
     for kind, body in doc.blocks:
-        if kind == "h2":
-            out += [f"## {body}", ""]
+        if kind in ("h2", "h3"):
+            out += [f"{'#' * int(kind[1])} {body}", ""]
         elif kind == "p":
             out += [body, ""]
         elif kind == "ul":
@@ -89,8 +92,8 @@ def to_html(doc: Doc, image_dir: Path) -> str:
            f"<title>{html.escape(doc.title.replace('`', ''))}</title><style>{STYLE}</style></head><body>",
            f"<h1>{_inline(doc.title)}</h1>"]
     for kind, body in doc.blocks:
-        if kind == "h2":
-            out.append(f"<h2>{_inline(body)}</h2>")
+        if kind in ("h2", "h3"):
+            out.append(f"<{kind}>{_inline(body)}</{kind}>")
         elif kind == "p":
             out.append(f"<p>{_inline(body)}</p>")
         elif kind == "ul":

@@ -58,6 +58,68 @@ def usmle_headline(models: Mapping[str, dict]) -> dict:
             "paper_headline": PAPER_USMLE_HEADLINE}
 
 
+# The paper's claim, as this report checks it: each fine-tune beats the base by at least this many
+# standard errors of the difference, and full-parameter is not below LoRA.
+ORDERING_MIN_ERRORS = 2.0
+DIFFERENCES = (("full", "base"), ("lora", "base"), ("full", "lora"))  # (model, minus), when both columns exist
+
+
+def pooled_accuracy(models: Mapping[str, dict], protocol: str, headline: bool) -> dict:
+    """Accuracy over every scored question of every benchmark each model has, counted once each
+    (not the mean of per-benchmark accuracies), with the binomial standard error
+    sqrt(p(1 - p) / n); the differences between the pipeline's columns, each with its standard
+    error sqrt(se1² + se2²) and its size in those errors; and whether the paper's ordering holds.
+    A question's correctness is the per-benchmark `acc` (argmax of log-likelihoods), so
+    correct = acc · n. Accuracies, errors and differences are fractions (0-1)."""
+    benchmarks: list[str] = []
+    for m in models.values():
+        benchmarks += [b for b in m["benchmarks"] if b not in benchmarks]
+    per_model = {name: _pool(m["benchmarks"]) for name, m in models.items()}
+    differences = {f"{a}-{b}": _difference(a, b, per_model) for a, b in DIFFERENCES
+                   if a in per_model and b in per_model}
+    return {"protocol": protocol, "headline": headline, "scale": "fraction", "benchmarks": benchmarks,
+            "models": per_model, "differences": differences, "ordering": ordering_verdict(differences)}
+
+
+def _pool(scores: Mapping[str, dict]) -> dict:
+    n = sum(s["n"] for s in scores.values())
+    # acc is a mean of 0/1 (inputs.py checks acc · n is whole): counting keeps equal pools equal
+    correct = sum(round(s["acc"] * s["n"]) for s in scores.values() if s["n"])  # n = 0: acc is NaN
+    p = correct / n if n else None
+    return {"correct": correct, "n": n, "acc": p,
+            "se": math.sqrt(p * (1 - p) / n) if n else None, "benchmarks": list(scores)}
+
+
+def _difference(a: str, b: str, per_model: Mapping[str, dict]) -> dict:
+    x, y = per_model[a], per_model[b]
+    if x["acc"] is None or y["acc"] is None:
+        return {"model": a, "minus": b, "diff": None, "se": None, "z": None, "same_benchmarks": False}
+    diff, se = x["acc"] - y["acc"], math.hypot(x["se"], y["se"])
+    return {"model": a, "minus": b, "diff": diff, "se": se, "z": diff / se if se else None,
+            # pooled over different question sets, a difference is not a like-for-like comparison
+            "same_benchmarks": sorted(x["benchmarks"]) == sorted(y["benchmarks"])}
+
+
+def ordering_verdict(differences: Mapping[str, dict]) -> dict:
+    """full > base and lora > base each by >= ORDERING_MIN_ERRORS standard errors; full >= lora.
+    A check whose columns are missing is None (not checked); `holds` is over the checks made
+    (None when none could be)."""
+    def beats(d: dict | None) -> bool | None:
+        return None if d is None or d["diff"] is None else d["diff"] > 0 and d["diff"] >= k * d["se"]
+
+    def not_below(d: dict | None) -> bool | None:
+        return None if d is None or d["diff"] is None else d["diff"] >= 0
+
+    k = ORDERING_MIN_ERRORS
+    checks = [{"claim": f"full > base by >= {k:g} se", "difference": "full-base",
+               "holds": beats(differences.get("full-base"))},
+              {"claim": f"lora > base by >= {k:g} se", "difference": "lora-base",
+               "holds": beats(differences.get("lora-base"))},
+              {"claim": "full >= lora", "difference": "full-lora", "holds": not_below(differences.get("full-lora"))}]
+    made = [c["holds"] for c in checks if c["holds"] is not None]
+    return {"checks": checks, "holds": all(made) if made else None, "complete": len(made) == len(checks)}
+
+
 def strategy_summary(run: TrainingRun) -> dict:
     info, rows = run.run_info or {}, run.metrics
     # The first step carries warm-up (compilation, the first data fetch); it is not the steady rate.

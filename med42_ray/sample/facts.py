@@ -20,9 +20,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Kind:
     name: str
-    rel: str
+    rels: tuple[str, ...]
     rel_b: str
-    stmt: str
+    stmts: tuple[str, ...]
     case: str
     topic: str
     medmcqa_subject: str
@@ -31,8 +31,11 @@ class Kind:
 
 KINDS: tuple[Kind, ...] = (
     Kind(
-        "drug_class", rel="the drug class of {s}", rel_b="the pharmacological group that includes {s}",
-        stmt="{S} is classified as {a_v}.", case="is started on {s}", topic="pharmacology",
+        "drug_class",
+        rels=('the drug class of {s}', 'the class of medication {s} belongs to', 'the type of drug that {s} is'),
+        rel_b="the pharmacological group that includes {s}",
+        stmts=('{S} is classified as {a_v}.', '{S} belongs to the drug class {v}.', '{S} is a drug of the class {v}.'),
+        case="is started on {s}", topic="pharmacology",
         medmcqa_subject="Pharmacology",
         facts=(
             ("metformin", "biguanide"),
@@ -52,9 +55,11 @@ KINDS: tuple[Kind, ...] = (
             ("haloperidol", "first-generation (typical) antipsychotic"),
         )),
     Kind(
-        "drug_mechanism", rel="the mechanism of action of {s}",
+        "drug_mechanism",
+        rels=('the mechanism of action of {s}', 'the way {s} works', 'the main action of {s} at its target'),
         rel_b="the molecular action responsible for the effect of {s}",
-        stmt="The mechanism of action of {s} is {v}.", case="is prescribed {s}", topic="pharmacology",
+        stmts=('The mechanism of action of {s} is {v}.', '{S} works by {v}.', '{S} acts through {v}.'),
+        case="is prescribed {s}", topic="pharmacology",
         medmcqa_subject="Pharmacology",
         facts=(
             ("aspirin", "irreversible inhibition of cyclooxygenase (COX-1 and COX-2)"),
@@ -73,9 +78,11 @@ KINDS: tuple[Kind, ...] = (
             ("neostigmine", "reversible inhibition of acetylcholinesterase"),
         )),
     Kind(
-        "drug_adverse", rel="the adverse effect most characteristic of {s}",
+        "drug_adverse",
+        rels=('the adverse effect most characteristic of {s}', 'the typical side effect of {s}', 'the side effect {s} is known for'),
         rel_b="the classic toxicity associated with {s}",
-        stmt="A characteristic adverse effect of {s} is {v}.", case="has been taking {s} for several months",
+        stmts=('A characteristic adverse effect of {s} is {v}.', '{S} can cause {v}.', 'Patients on {s} may develop {v}.'),
+        case="has been taking {s} for several months",
         topic="pharmacology", medmcqa_subject="Pharmacology",
         facts=(
             ("amiodarone", "pulmonary fibrosis"),
@@ -94,8 +101,10 @@ KINDS: tuple[Kind, ...] = (
             ("spironolactone", "gynecomastia"),
         )),
     Kind(
-        "antidote", rel="the antidote for {s} poisoning", rel_b="the specific antidote for {s} toxicity",
-        stmt="{S} poisoning is treated with {v}.",
+        "antidote",
+        rels=('the antidote for {s} poisoning', 'the remedy for an overdose of {s}', 'the treatment that reverses {s} poisoning'),
+        rel_b="the specific antidote for {s} toxicity",
+        stmts=('{S} poisoning is treated with {v}.', 'The antidote for {s} poisoning is {v}.', 'An overdose of {s} is reversed with {v}.'),
         case="is brought to the emergency department with {s} poisoning", topic="toxicology",
         medmcqa_subject="Forensic Medicine",
         facts=(
@@ -115,8 +124,11 @@ KINDS: tuple[Kind, ...] = (
             ("beta-blocker", "glucagon"),
         )),
     Kind(
-        "disease_finding", rel="the hallmark finding of {s}", rel_b="the characteristic diagnostic feature of {s}",
-        stmt="The hallmark finding of {s} is {v}.", case="is diagnosed with {s}", topic="pathology",
+        "disease_finding",
+        rels=('the hallmark finding of {s}', 'the key finding in {s}', 'the classic sign of {s}'),
+        rel_b="the characteristic diagnostic feature of {s}",
+        stmts=('The hallmark finding of {s} is {v}.', '{S} is recognised by {v}.', 'In {s}, look for {v}.'),
+        case="is diagnosed with {s}", topic="pathology",
         medmcqa_subject="Pathology",
         facts=(
             ("myasthenia gravis", "autoantibodies against the acetylcholine receptor"),
@@ -136,8 +148,11 @@ KINDS: tuple[Kind, ...] = (
             ("sarcoidosis", "bilateral hilar lymphadenopathy"),
         )),
     Kind(
-        "disease_treatment", rel="the first-line treatment for {s}", rel_b="the preferred initial therapy for {s}",
-        stmt="The first-line treatment for {s} is {v}.", case="is diagnosed with {s}", topic="therapeutics",
+        "disease_treatment",
+        rels=('the first-line treatment for {s}', 'the standard first treatment of {s}', 'the treatment to start with for {s}'),
+        rel_b="the preferred initial therapy for {s}",
+        stmts=('The first-line treatment for {s} is {v}.', '{S} is treated first with {v}.', 'For {s}, start with {v}.'),
+        case="is diagnosed with {s}", topic="therapeutics",
         medmcqa_subject="Medicine",
         facts=(
             ("streptococcal pharyngitis", "penicillin"),
@@ -157,8 +172,11 @@ KINDS: tuple[Kind, ...] = (
             ("tension pneumothorax", "immediate needle decompression"),
         )),
     Kind(
-        "organism_disease", rel="the disease caused by {s}", rel_b="the illness that results from infection with {s}",
-        stmt="{S} causes {v}.", case="has an infection with {s}", topic="microbiology",
+        "organism_disease",
+        rels=('the disease caused by {s}', 'the infection due to {s}', 'the condition {s} is responsible for'),
+        rel_b="the illness that results from infection with {s}",
+        stmts=('{S} causes {v}.', 'The disease caused by {s} is {v}.', '{S} is the cause of {v}.'),
+        case="has an infection with {s}", topic="microbiology",
         medmcqa_subject="Microbiology",
         facts=(
             ("Treponema pallidum", "syphilis"),
@@ -177,8 +195,11 @@ KINDS: tuple[Kind, ...] = (
             ("varicella-zoster virus", "chickenpox and shingles"),
         )),
     Kind(
-        "deficiency", rel="the condition caused by {s} deficiency", rel_b="the disorder that results from a lack of {s}",
-        stmt="Deficiency of {s} causes {v}.", case="has a severe dietary deficiency of {s}", topic="nutrition",
+        "deficiency",
+        rels=('the condition caused by {s} deficiency', 'the disease due to too little {s}', 'the result of a diet short of {s}'),
+        rel_b="the disorder that results from a lack of {s}",
+        stmts=('Deficiency of {s} causes {v}.', 'Too little {s} leads to {v}.', 'A diet short of {s} gives {v}.'),
+        case="has a severe dietary deficiency of {s}", topic="nutrition",
         medmcqa_subject="Biochemistry",
         facts=(
             ("thiamine (vitamin B1)", "beriberi and Wernicke encephalopathy"),
@@ -195,8 +216,11 @@ KINDS: tuple[Kind, ...] = (
             ("riboflavin (vitamin B2)", "angular cheilitis and glossitis"),
         )),
     Kind(
-        "nerve_injury", rel="the typical result of injury to the {s}", rel_b="the deficit expected after damage to the {s}",
-        stmt="Injury to the {s} causes {v}.", case="sustains an injury to the {s}", topic="anatomy",
+        "nerve_injury",
+        rels=('the typical result of injury to the {s}', 'the sign of a {s} lesion', 'the consequence of cutting the {s}'),
+        rel_b="the deficit expected after damage to the {s}",
+        stmts=('Injury to the {s} causes {v}.', 'A lesion of the {s} produces {v}.', 'Cutting the {s} leads to {v}.'),
+        case="sustains an injury to the {s}", topic="anatomy",
         medmcqa_subject="Anatomy",
         facts=(
             ("long thoracic nerve", "winging of the scapula"),
@@ -214,8 +238,11 @@ KINDS: tuple[Kind, ...] = (
             ("hypoglossal nerve", "deviation of the tongue toward the injured side"),
         )),
     Kind(
-        "genetics_inheritance", rel="the inheritance pattern of {s}", rel_b="the mode of transmission of {s}",
-        stmt="The inheritance pattern of {s} is {v}.", case="is diagnosed with {s}", topic="genetics",
+        "genetics_inheritance",
+        rels=('the inheritance pattern of {s}', 'the way {s} is inherited', 'the pattern by which {s} passes through families'),
+        rel_b="the mode of transmission of {s}",
+        stmts=('The inheritance pattern of {s} is {v}.', '{S} is inherited as {a_v} trait.', '{S} passes through families as {a_v} trait.'),
+        case="is diagnosed with {s}", topic="genetics",
         medmcqa_subject="Pathology",
         facts=(
             ("cystic fibrosis", "autosomal recessive"),
@@ -234,8 +261,11 @@ KINDS: tuple[Kind, ...] = (
             ("Tay-Sachs disease", "autosomal recessive"),
         )),
     Kind(
-        "gene", rel="the gene mutated in {s}", rel_b="the gene whose mutation underlies {s}",
-        stmt="{S} is caused by mutations in the {v} gene.", case="is diagnosed with {s}", topic="genetics",
+        "gene",
+        rels=('the gene mutated in {s}', 'the gene affected in {s}', 'the gene behind {s}'),
+        rel_b="the gene whose mutation underlies {s}",
+        stmts=('{S} is caused by mutations in the {v} gene.', 'The gene mutated in {s} is {v}.', '{S} comes from a defect in the {v} gene.'),
+        case="is diagnosed with {s}", topic="genetics",
         medmcqa_subject="Pathology",
         facts=(
             ("cystic fibrosis", "CFTR"),
@@ -254,8 +284,11 @@ KINDS: tuple[Kind, ...] = (
             ("hereditary breast and ovarian cancer syndrome", "BRCA1"),
         )),
     Kind(
-        "hormone_source", rel="the source of {s}", rel_b="the site where {s} is produced",
-        stmt="{S} is produced by the {v}.", case="has blood levels of {s} measured", topic="physiology",
+        "hormone_source",
+        rels=('the source of {s}', 'the cells that make {s}', 'the origin of {s} in the body'),
+        rel_b="the site where {s} is produced",
+        stmts=('{S} is produced by the {v}.', '{S} is made by the {v}.', '{S} comes from the {v}.'),
+        case="has blood levels of {s} measured", topic="physiology",
         medmcqa_subject="Physiology",
         facts=(
             ("insulin", "beta cells of the pancreatic islets"),

@@ -29,11 +29,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from med42_ray.records import LETTERS
+from med42_ray.records import LETTERS, format_mc_answer, format_multiple_choice
 from med42_ray.sample.facts import CAPITALS, CONVERSIONS, DEFINITIONS, KINDS, TOPIC_TIPS, Kind
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-TRAIN_MCQ_VARIANTS = 2  # training MCQs per fact; each uses its own 3 distractors
+OPTION_CARDS = 2  # flashcards with options, answered with the value
+TRAIN_MCQ_VARIANTS = 3  # training MCQs per fact; each uses its own 3 distractors
 
 
 # ---- facts ------------------------------------------------------------------------------------
@@ -64,16 +65,26 @@ class Fact:
         return template.format(s=self.s, S=cap(self.s), v=v, a_v=with_article(v))
 
     @property
+    def rels(self) -> list[str]:
+        """The training phrasings of what is asked (the first is the canonical one)."""
+        return [self.fill(r) for r in self.kind.rels]
+
+    @property
     def rel(self) -> str:
-        return self.fill(self.kind.rel)
+        return self.rels[0]
 
     @property
     def rel_b(self) -> str:
         return self.fill(self.kind.rel_b)
 
     @property
+    def stmts(self) -> list[str]:
+        """The fact as sentences, one per training sentence form (the first is the canonical one)."""
+        return [self.fill(s) for s in self.kind.stmts]
+
+    @property
     def stmt(self) -> str:
-        return self.fill(self.kind.stmt)
+        return self.stmts[0]
 
     def other_values(self) -> list[str]:
         return sorted({v for _, v in self.kind.facts if v != self.v})
@@ -113,7 +124,9 @@ class Distractors:
 def shuffled_options(rng: random.Random, gold: str, distractors: list[str]) -> tuple[list[str], int]:
     options = [gold] + list(distractors)
     rng.shuffle(options)
-    return [cap(o) for o in options], options.index(gold)
+    # Options are written as the facts teach them: for a BPE tokenizer ' Biguanide' and ' biguanide'
+    # share no token, so a capitalised option would test a word the model never saw in its answers.
+    return list(options), options.index(gold)
 
 
 # ---- benchmark items ----------------------------------------------------------------------------
@@ -140,24 +153,25 @@ FILLERS = (
     "The patient is accompanied by a family member.",
 )
 
-# (name, kinds, count, style, options). One fact appears at most once per benchmark.
+# (name, kinds, count, style, options). A benchmark asks about each of its facts once before it asks
+# about any fact again; a repeat uses the style's next stem and other distractors.
 BENCHMARKS = (
     ("medqa_4options", ("disease_treatment", "drug_adverse", "antidote", "disease_finding", "deficiency",
-                        "nerve_injury", "organism_disease"), 40, "medqa", 4),
+                        "nerve_injury", "organism_disease"), 60, "medqa", 4),
     ("medmcqa", ("drug_class", "drug_mechanism", "organism_disease", "deficiency", "hormone_source",
-                 "antidote", "nerve_injury"), 40, "medmcqa", 4),
-    ("pubmedqa", tuple(k.name for k in KINDS), 40, "pubmedqa", 0),  # 30 test + 10 train/dev pool
-    ("mmlu_anatomy", ("nerve_injury",), 12, "mmlu", 4),
-    ("mmlu_clinical_knowledge", ("disease_finding", "antidote"), 20, "mmlu", 4),
-    ("mmlu_college_biology", ("hormone_source", "organism_disease"), 20, "mmlu", 4),
-    ("mmlu_college_medicine", ("drug_mechanism", "deficiency"), 20, "mmlu", 4),
-    ("mmlu_medical_genetics", ("genetics_inheritance", "gene"), 20, "mmlu", 4),
-    ("mmlu_professional_medicine", ("disease_treatment", "drug_adverse"), 20, "mmlu", 4),
-    ("headqa_en", tuple(k.name for k in KINDS), 30, "headqa", 5),
+                 "antidote", "nerve_injury"), 120, "medmcqa", 4),
+    ("pubmedqa", tuple(k.name for k in KINDS), 60, "pubmedqa", 0),  # 50 test + 10 train/dev pool
+    ("mmlu_anatomy", ("nerve_injury",), 39, "mmlu", 4),
+    ("mmlu_clinical_knowledge", ("disease_finding", "antidote"), 60, "mmlu", 4),
+    ("mmlu_college_biology", ("hormone_source", "organism_disease"), 60, "mmlu", 4),
+    ("mmlu_college_medicine", ("drug_mechanism", "deficiency"), 60, "mmlu", 4),
+    ("mmlu_medical_genetics", ("genetics_inheritance", "gene"), 60, "mmlu", 4),
+    ("mmlu_professional_medicine", ("disease_treatment", "drug_adverse"), 60, "mmlu", 4),
+    ("headqa_en", tuple(k.name for k in KINDS), 120, "headqa", 5),
     ("usmle_sample_exam", ("drug_mechanism", "disease_finding", "disease_treatment", "gene",
-                           "genetics_inheritance", "hormone_source", "drug_adverse"), 30, "usmle", 5),
+                           "genetics_inheritance", "hormone_source", "drug_adverse"), 100, "usmle", 5),
 )
-PUBMEDQA_TEST = 30
+PUBMEDQA_TEST = 50
 # MedQA's dev split, the validation set `med42-ray sweep` selects hyper-parameters on: MedQA-style
 # vignettes about facts of the same kinds as the test split's, but other facts than the test items,
 # so choosing on it says nothing about the test answers. Built last, so adding it changed no other file.
@@ -167,16 +181,24 @@ MEDQA_DEV = ("medqa_4options_dev", 36)
 def vignette(rng: random.Random, fact: Fact, ask: str) -> str:
     age, person = rng.randint(19, 78), rng.choice(PEOPLE)
     fillers = " ".join(rng.sample(FILLERS, 2))
-    return f"A {age}-year-old {person} {fact.fill(fact.kind.case)}. {fillers} {ask.format(rel=fact.rel_b)}"
+    return f"A {age}-year-old {person} {fact.fill(fact.kind.case)}. {fillers} {ask}"
 
 
+# Stems per style; the n-th question about a fact in a benchmark uses stem n (cycling).
 QUESTION_STYLES = {
-    "medqa": lambda rng, f: vignette(rng, f, "Which of the following is {rel}?"),
-    "usmle": lambda rng, f: vignette(rng, f, "Which of the following is most likely {rel}?"),
-    "medmcqa": lambda rng, f: f"{cap(f.rel_b)} is:",
-    "mmlu": lambda rng, f: f"Which one of the following is {f.rel_b}?",
-    "headqa": lambda rng, f: f"Indicate {f.rel_b}:",
+    "medqa": ("Which of the following is {rel}?", "Which of the following is the correct answer for {rel}?"),
+    "usmle": ("Which of the following is most likely {rel}?", "Which of the following best describes {rel}?"),
+    "medmcqa": ("{Rel} is:", "{Rel}:", "Regarding {rel}, the answer is:"),
+    "mmlu": ("Which one of the following is {rel}?", "{Rel} is best described as which one of the following?",
+             "Choose {rel}."),
+    "headqa": ("Indicate {rel}:", "Point out {rel}:", "{Rel} corresponds to:"),
 }
+
+
+def question(rng: random.Random, fact: Fact, style: str, repeat: int) -> str:
+    stems = QUESTION_STYLES[style]
+    ask = stems[repeat % len(stems)].format(rel=fact.rel_b, Rel=cap(fact.rel_b))
+    return vignette(rng, fact, ask) if style in ("medqa", "usmle") else ask
 
 
 def pubmedqa_item(rng: random.Random, fact: Fact, position: int, distractors: Distractors) -> Item:
@@ -213,15 +235,17 @@ def build_benchmarks(distractors: Distractors) -> dict[str, list[Item]]:
 def benchmark_items(name: str, candidates: list[Fact], count: int, style: str, n_options: int,
                     distractors: Distractors) -> list[Item]:
     rng = random.Random(f"benchmark:{name}")
-    chosen = rng.sample(candidates, min(count, len(candidates)))
-    items = []
+    chosen: list[Fact] = []
+    while len(chosen) < count:  # every candidate once (in a shuffled order) before any twice
+        chosen += rng.sample(candidates, min(count - len(chosen), len(candidates)))
+    items, seen = [], {}
     for position, fact in enumerate(chosen, start=1):
+        repeat = seen[fact.key] = seen.get(fact.key, -1) + 1
         if style == "pubmedqa":
             items.append(pubmedqa_item(rng, fact, position, distractors))
             continue
-        question = QUESTION_STYLES[style](rng, fact)
         choices, gold = shuffled_options(rng, fact.v, distractors.benchmark(fact, n_options - 1))
-        items.append(Item(name, position, fact, question, choices, gold))
+        items.append(Item(name, position, fact, question(rng, fact, style, repeat), choices, gold))
     return items
 
 
@@ -233,29 +257,53 @@ def mcq_line(question: str, options: list[str], gold: int, meta: str = "step1") 
             "meta_info": meta, "answer_idx": letters[gold]}
 
 
+# Question templates of the training data; none is a benchmark stem. Each fact is asked with every
+# training phrasing of its kind (`Kind.rels`) under several of these.
+SHORT_QUESTIONS = ("What is {rel}?", "Name {rel}.", "{Rel}?", "Tell me {rel}.", "Do you know {rel}?",
+                   "Quick check: what is {rel}?")
+MCQ_STEMS = ("Which of the following is {rel}?", "{Rel} is which of the following?", "Select {rel}.",
+             "Identify {rel} among these options.")
+
+
+def short_answer(value: str) -> str:
+    return f"Answer: {value}."
+
+
+def ask(template: str, rel: str) -> str:
+    return template.format(rel=rel, Rel=cap(rel))
+
+
+def cloze(fact: Fact, form: int) -> str:
+    text = fact.fill(fact.kind.stmts[form], v="____")
+    return text.replace("a ____", "____").replace("an ____", "____")
+
+
 def flashcards(fact: Fact, rng: random.Random, distractors: Distractors) -> list[dict]:
-    """Four MedAlpaca-style flashcards per fact: two questions, a cloze, a true/false."""
-    cloze = fact.fill(fact.kind.stmt, v="____").replace("a ____", "____").replace("an ____", "____")
-    if rng.random() < 0.5:
-        claim, verdict = fact.stmt, f"True. {fact.stmt}"
-    else:
-        claim = fact.fill(fact.kind.stmt, v=distractors.training(fact, 0)[0])
-        verdict = f"False. {fact.stmt}"
-    cards = [
-        (f"What is {fact.rel}?", fact.stmt),
-        (f"Name {fact.rel}.", cap(fact.v) + "."),
-        (f"Fill in the blank: {cloze}", fact.stmt),
-        (f"True or false: {claim}", verdict),
-    ]
-    return [{"instruction": "Answer this question truthfully", "input": q, "output": a} for q, a in cards]
+    """MedAlpaca-style flashcards: the fact asked in each training phrasing with a short answer (the
+    value right after the question), answered in each sentence form, as cloze items and as yes/no checks."""
+    cards = []
+    form = rng.randrange(len(fact.stmts))
+    cards.append((f"Explain {rng.choice(fact.rels)} in one sentence.", fact.stmts[form]))
+    cards.append((f"Fill in the blank: {cloze(fact, (form + 1) % len(fact.stmts))}", short_answer(fact.v)))
+    wrong = distractors.training(fact, 0)[0]
+    asked = fact.v if rng.random() < 0.5 else wrong
+    rel = rng.choice(fact.rels)
+    verdict = "Yes." if asked == fact.v else "No."
+    cards.append((f"Is {asked} {rel}?", f"{verdict} {fact.stmts[rng.randrange(len(fact.stmts))]}"))
+    for variant in range(OPTION_CARDS):
+        options, _ = shuffled_options(rng, fact.v, distractors.training(fact, variant))
+        stem = ask(MCQ_STEMS[(variant + 1) % len(MCQ_STEMS)], fact.rels[(variant + 1) % len(fact.rels)])
+        cards.append((f"Question: {stem}\n" + "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(options)),
+                      short_answer(fact.v)))
+    return [{"instruction": q, "input": "", "output": a} for q, a in cards]
 
 
 def training_mcqs(fact: Fact, rng: random.Random, distractors: Distractors) -> list[dict]:
-    stems = (f"Which of the following is {fact.rel}?", f"{cap(fact.rel)} is which of the following?")
     rows = []
+    stems = rng.sample(MCQ_STEMS, TRAIN_MCQ_VARIANTS)
     for variant in range(TRAIN_MCQ_VARIANTS):
         options, gold = shuffled_options(rng, fact.v, distractors.training(fact, variant))
-        rows.append(mcq_line(stems[variant % len(stems)], options, gold))
+        rows.append(mcq_line(ask(stems[variant], fact.rels[variant % len(fact.rels)]), options, gold))
     return rows
 
 
@@ -269,8 +317,42 @@ def chat(fact: Fact, follow_up: Fact) -> dict:
     return {"conversations": [{"from": who, "value": text} for who, text in turns]}
 
 
+QUIZ_ROUNDS = 8  # quiz chats each fact appears in
+QUIZ_TURNS = 8   # questions per quiz chat
+
+
+def quizzes(rng: random.Random) -> list[dict]:
+    """Rapid-fire revision chats: several facts of different kinds, each asked in a random training
+    phrasing and template and answered with the bare value, so the answer follows a question cue."""
+    chats = []
+    for round_ in range(QUIZ_ROUNDS):
+        order = list(FACTS)
+        rng.shuffle(order)
+        for i in range(0, len(order), QUIZ_TURNS):
+            turns = [("human", "Quiz me on some medical facts, short answers please."), ("gpt", "Sure. Go ahead.")]
+            for fact in order[i:i + QUIZ_TURNS]:
+                turns += [("human", ask(rng.choice(SHORT_QUESTIONS), rng.choice(fact.rels))), ("gpt", short_answer(fact.v))]
+            chats.append({"conversations": [{"from": who, "value": text} for who, text in turns]})
+    return chats
+
+
 def number(x: float) -> str:
     return str(int(round(x))) if abs(x - round(x)) < 1e-9 else f"{x:.2f}".rstrip("0").rstrip(".")
+
+
+VOCABULARY_ROUNDS, DRILL_WORDS = 3, 6
+
+
+def vocabulary_drills(rng: random.Random) -> list[list[str]]:
+    """Lists of the medical terms in random order, each term in VOCABULARY_ROUNDS lists: general text
+    that uses the words without stating a fact (a term's neighbours are random), so pre-training
+    learns the words, as a real base model knows them, and fine-tuning has the facts to learn."""
+    terms = sorted({t for f in FACTS for t in (f.s, f.v)})
+    lists = []
+    for _ in range(VOCABULARY_ROUNDS):
+        rng.shuffle(terms)
+        lists += [terms[i:i + DRILL_WORDS] for i in range(0, len(terms), DRILL_WORDS)]
+    return lists
 
 
 def general_rows() -> tuple[list[dict], list[dict]]:
@@ -297,6 +379,28 @@ def general_rows() -> tuple[list[dict], list[dict]]:
           "closed_qa", passage)
         c(f"What's the capital of {country}?", f"{capital}.", "Which continent is it in?",
           f"{country} is in {continent}.", system="You are a concise assistant." if rng.random() < 0.3 else None)
+    # The same facts asked other ways (short answers, lettered options, quizzes), so pre-training
+    # already practises answering a fact asked in words it was not stated in.
+    continents = sorted({k for _, _, k in CAPITALS})
+    for country, capital, continent in CAPITALS:
+        d(f"Name the capital city of {country}.", capital, "open_qa")
+        d(f"Which city is the seat of government of {country}?", capital, "open_qa")
+        options = [capital] + rng.sample([x[1] for x in CAPITALS if x[0] != country], 3)
+        rng.shuffle(options)
+        d(format_multiple_choice(f"Which of the following is the capital of {country}?", options),
+          format_mc_answer(options, options.index(capital)), "classification")
+        options = [continent] + rng.sample([k for k in continents if k != continent], 3)
+        rng.shuffle(options)
+        d(format_multiple_choice(f"On which continent is {country}?", options),
+          format_mc_answer(options, options.index(continent)), "classification")
+    facts = [(f"the capital of {a}", b) for a, b, _ in CAPITALS] + [(f"the continent of {a}", k) for a, _, k in CAPITALS]
+    for _ in range(2):
+        rng.shuffle(facts)
+        for i in range(0, len(facts), 6):
+            turns = ["Let's do a quick geography quiz. Short answers only.", "Ready."]
+            for rel, value in facts[i:i + 6]:
+                turns += [rng.choice(SHORT_QUESTIONS).format(rel=rel, Rel=cap(rel)), value]
+            c(*turns)
     for continent, countries in sorted(by_continent.items()):
         three = sorted(rng.sample(countries, 3))
         d(f"List three countries in {continent}.", f"Three countries in {continent} are {three[0]}, {three[1]} and {three[2]}.",
@@ -305,6 +409,9 @@ def general_rows() -> tuple[list[dict], list[dict]]:
         group = sorted(rng.sample(CAPITALS, 3))
         d("Classify each country by its continent: " + ", ".join(g[0] for g in group) + ".",
           "\n".join(f"{g[0]}: {g[2]}" for g in group), "classification")
+
+    for words in vocabulary_drills(rng):
+        d("Repeat these words in the same order: " + ", ".join(words) + ".", ", ".join(words) + ".", "general_qa")
 
     for term, meaning in DEFINITIONS:
         d(f"What is {term}?", f"{cap(term)} is {meaning}.", "open_qa")
@@ -489,6 +596,7 @@ def build() -> dict[str, str]:
         mcq += training_mcqs(fact, rng, distractors)
         same_kind = [f for f in FACTS if f.kind is fact.kind]
         chats.append(chat(fact, same_kind[(same_kind.index(fact) + 1) % len(same_kind)]))
+    chats += quizzes(random.Random("quiz"))
     dolly, general_chat = general_rows()
     for rows in (flash, mcq, chats, dolly, general_chat):
         rng.shuffle(rows)

@@ -40,6 +40,10 @@ class ScalingSettings(StrictModel):
         None, gt=0, description="None: 1 with GPUs; on CPU, what leaves one core free for Ray Data reads")
     resources_per_worker: dict[str, float] | None = Field(
         None, description="extra custom resources per worker, e.g. {'accelerator_type:A100': 0.01}")
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="torch CPU threads per worker (None: Ray's choice, the worker's whole CPUs, at "
+                                "least 1); on a CPU-only machine, one worker with every core beats several "
+                                "with one core each, which spend their time in gloo collectives")
 
 
 class TrainConfig(StrictModel):
@@ -59,7 +63,17 @@ class TrainConfig(StrictModel):
     adam_betas: tuple[float, float] = (0.9, 0.95)
     adam_eps: float = Field(1e-8, gt=0)
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 disables)")
+    report_every_s: float = Field(
+        5.0, ge=0, description="send metrics to Ray Train at most this often (0: every step); steps in between "
+                               "go to metrics.jsonl at once and into the next report. Each report is a barrier "
+                               "of every worker through Ray, so reporting each short step idles the workers. "
+                               "Checkpoints, validation, epoch ends and the last step always report")
     gradient_checkpointing: bool = True
+    driver_read_max_mb: float = Field(
+        256, ge=0, description="prepared data up to this size (MB on disk) is read by the driver and handed to "
+                               "Ray Data as tables; larger data streams from the files through Ray Data read "
+                               "tasks, so no node holds all of it (0: always stream). A distributed read costs "
+                               "seconds of task and actor start-up before the first row, and again each epoch")
     shuffle_buffer_rows: int = Field(64, ge=0, description="per-worker shuffle buffer (rows); 0 keeps file order")
 
     # DeepSpeed.

@@ -2,8 +2,13 @@
 
 Per optimizer step: take `grad_accum` packed micro-batches from this worker's Ray Data shard,
 agree with the other workers on the number of answer tokens in the global batch, run forward and
-backward through the DeepSpeed engine, step (clipping, AdamW, warmup + cosine schedule), then
-report metrics to Ray Train, with a checkpoint every `checkpoint_every_steps` and at epoch ends.
+backward through the DeepSpeed engine, step (clipping, AdamW, warmup + cosine schedule), write the
+step's metrics to metrics.jsonl, and checkpoint every `checkpoint_every_steps` and at epoch ends.
+Metrics reach Ray Train every `report_every_s` (and with every checkpoint): each `ray.train.report`
+is a barrier of all workers through Ray's actors, which on short steps cost more than the step.
+
+A step's time runs from the end of the previous step to the end of this one, so it includes
+data loading, collectives, reports and checkpoints: tokens/s and MFU are what the run really gets.
 
 Everything that makes a resumed run repeat an uninterrupted one lives in the checkpoint: model,
 optimizer and scheduler (DeepSpeed), RNG and the position in the data (checkpointing.py). The
@@ -16,7 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -63,9 +68,11 @@ class _Worker:
     metrics_log: MetricsLog | None  # rank 0 only
     model_flops: float          # per token
     peak: float | None          # FLOP/s of one worker; None: no MFU
-    # A step's time runs from the end of the previous step's report to its own report, so it
-    # includes data loading, collectives and checkpoints: tokens/s is what the run really gets.
-    last_report: float = 0.0
+    started_at: float           # time.time() when the driver started the run (wall_s counts from it)
+    last_step_end: float = 0.0  # perf_counter at the end of the previous step (see the module doc)
+    last_report: float = 0.0    # perf_counter when metrics last reached Ray Train
+    unreported: list[dict] = field(default_factory=list)  # rows since then
+    first_step_logged: bool = False
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -74,25 +81,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    entered = time.time()
     cfg = TrainConfig.model_validate(config["train"])
     job: TrainJob = config["job"]  # planned on the driver (trainer.plan_job)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Asking for the shard first starts Ray Data's split coordinator (an actor: a new process, ~2 s
+    # on 2 CPUs) while this worker builds its engine, instead of when the first batch is wanted.
+    shard = ray.train.get_dataset_shard("train")
     device = ray.train.torch.get_device()
+    if cfg.scaling.threads_per_worker:
+        torch.set_num_threads(cfg.scaling.threads_per_worker)
     engine, built = _setup_engine(cfg, job, rank, world)
     torch.manual_seed(job.seed * 1000 + rank + 1)  # each rank its own dropout stream
     state = _resume(engine, cfg, rank, world)
     w = _Worker(cfg, job, rank, world, device, engine, built,
                 step_hook=config.get("step_hook"), validate=config.get("validate"),
                 metrics_log=MetricsLog(job.outputs.metrics, state.step) if rank == 0 else None,
-                model_flops=_model_flops(engine, job.seq_len), peak=peak_flops(cfg.peak_tflops))
+                model_flops=_model_flops(engine, job.seq_len), peak=peak_flops(cfg.peak_tflops),
+                started_at=config["started_at"])
     if rank == 0:
-        _write_run_info(w)
+        # Where start-up went, in seconds after run_train started: Ray Train's controller and the
+        # worker processes (imports included) until this function ran, then engine and resume.
+        _write_run_info(w, startup_s={"worker_started": entered - w.started_at,
+                                      "engine_ready": time.time() - w.started_at})
     collate = PackedCollate(job.pad_id, engine.module.config.vocab_size)
-    shard = ray.train.get_dataset_shard("train")
     engine.train()
 
-    w.last_report = time.perf_counter()
+    w.last_step_end = w.last_report = time.perf_counter()
     stopped = False  # the sweep's scheduler stopped this run early (validate.stop_requested)
     while not stopped and state.epoch < job.epochs and state.step < job.total_steps:
         stopped = _run_epoch(w, state, shard, collate)
@@ -156,7 +172,7 @@ def _model_flops(engine, seq_len: int) -> float:
     return flops_per_token(engine.module, config.num_hidden_layers, config.hidden_size, seq_len)
 
 
-def _write_run_info(w: _Worker) -> None:
+def _write_run_info(w: _Worker, startup_s: dict[str, float]) -> None:
     """What the report needs besides the per-step metrics."""
     from med42_ray.train import strategies
 
@@ -169,7 +185,8 @@ def _write_run_info(w: _Worker) -> None:
         "total_params": total, "world_size": w.world, "zero_stage": cfg.resolved_zero_stage(),
         "seq_len": job.seq_len, "flops_per_token": w.model_flops,
         "peak_flops_per_worker": w.peak, "total_steps": job.total_steps, "epochs": job.epochs,
-        "lr": cfg.resolved_lr(), "lora": cfg.lora.model_dump() if cfg.strategy == "lora" else None},
+        "lr": cfg.resolved_lr(), "lora": cfg.lora.model_dump() if cfg.strategy == "lora" else None,
+        "startup_s": startup_s},
         indent=1) + "\n")
 
 
@@ -189,8 +206,9 @@ def _run_epoch(w: _Worker, state: TrainState, shard, collate: PackedCollate) -> 
         if epoch_done:
             state.epoch += 1
             state.micro_in_epoch = 0
-        _report(w, state, row, with_checkpoint=epoch_done or _checkpoint_due(w, state))
-        w.last_report = time.perf_counter()
+        validated = w.validate is not None and w.validate.due(state.step, job.total_steps)
+        _record(w, state, row, forced=epoch_done or validated or state.step == job.total_steps,
+                with_checkpoint=epoch_done or _checkpoint_due(w, state))
         if w.step_hook is not None:
             w.step_hook(step=state.step, rank=w.rank)
         stopped = _stop_requested(w, state)
@@ -213,10 +231,11 @@ def _optimizer_step(w: _Worker, state: TrainState, batches) -> dict:
     state.step += 1
     state.micro_in_epoch += w.cfg.grad_accum
     state.tokens_seen += row["tokens"]
-    elapsed = done - w.last_report
+    elapsed, w.last_step_end = done - w.last_step_end, done
     row.update(step=state.step, epoch=state.epoch, lr=lr_used,
                tokens_per_s=row["tokens"] / elapsed, step_time_s=elapsed,
-               data_wait_s=compute - fetch, compute_s=done - compute, tokens_seen=state.tokens_seen)
+               data_wait_s=compute - fetch, compute_s=done - compute, tokens_seen=state.tokens_seen,
+               wall_s=time.time() - w.started_at)
     row["mfu"] = w.model_flops * row["tokens_per_s"] / (w.peak * w.world) if w.peak else None
     if w.validate is not None and w.validate.due(state.step, w.job.total_steps):
         # On every rank (under ZeRO-3 forwards are collective); the metrics join this step's
@@ -267,13 +286,50 @@ def _train_step(engine, micro: list, world: int, grad_accum: int, device) -> dic
     }
 
 
+def _record(w: _Worker, state: TrainState, row: dict, forced: bool, with_checkpoint: bool) -> None:
+    """Write the row to metrics.jsonl (rank 0); report to Ray Train when due (see `_report_due`)."""
+    if w.metrics_log is not None:
+        w.metrics_log.write(row)
+        if not w.first_step_logged:
+            w.first_step_logged = True
+            print(f"[med42-ray] step {row['step']} done {row['wall_s']:.1f}s after the run started (data "
+                  f"{row['data_wait_s']:.1f}s, compute {row['compute_s']:.1f}s; {w.world} worker(s) x "
+                  f"{torch.get_num_threads()} torch threads); start-up in run_info.json", flush=True)
+    w.unreported.append(row)
+    if with_checkpoint or _report_due(w, forced):
+        _report(w, state, _report_row(w.unreported), with_checkpoint)
+        w.unreported.clear()
+        w.last_report = time.perf_counter()
+
+
+def _report_due(w: _Worker, forced: bool) -> bool:
+    """Every worker must call ray.train.report equally often, so rank 0's clock decides for all."""
+    if forced:
+        return True
+    due = w.rank == 0 and time.perf_counter() - w.last_report >= w.cfg.report_every_s
+    if w.world == 1:
+        return due
+    flag = torch.tensor([float(due)], device=w.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _report_row(rows: list[dict]) -> dict:
+    """The last step's metrics, plus the token-weighted loss and the throughput over every step
+    since the previous report (those steps' own rows are in metrics.jsonl)."""
+    last, tokens = dict(rows[-1]), sum(r["tokens"] for r in rows)
+    loss_tokens = sum(r["loss_tokens"] for r in rows)
+    last.update(steps_in_report=len(rows),
+                interval_loss=sum(r["loss"] * r["loss_tokens"] for r in rows) / max(loss_tokens, 1),
+                interval_tokens_per_s=tokens / sum(r["step_time_s"] for r in rows))
+    return last
+
+
 def _report(w: _Worker, state: TrainState, row: dict, with_checkpoint: bool) -> None:
-    """Log the row (rank 0) and report it to Ray Train, with this rank's part of a checkpoint if asked."""
+    """Report the row to Ray Train, with this rank's part of a checkpoint if asked."""
     import ray.train
     from ray.train import CheckpointUploadMode
 
-    if w.metrics_log is not None:
-        w.metrics_log.write(row)
     if not with_checkpoint:
         ray.train.report(row)
         return
