@@ -73,7 +73,8 @@ def test_bench_train_smoke(request, tmp_path):
     for row in (ours, r["plain"], r["padded"], r["longest"]):
         assert row["steps"] == 4 and row["tokens_per_s"] > 0, row["name"]
     # two packed rows per micro-batch: the shorter is padded to the longer (rows fill ~92% of seq_len)
-    assert ours["non_padding"] > 0.9 and 0 < r["padded"]["non_padding"] < r["longest"]["non_padding"] <= 1
+    # (the baselines' batches are a few random documents each here: either may pad more)
+    assert ours["non_padding"] > 0.9 and 0 < r["padded"]["non_padding"] <= 1 and 0 < r["longest"]["non_padding"] <= 1
     assert ours["loss_last"] < ours["loss_first"]
     assert 0 < ours["first_step_s"] < ours["wall_s"] and ours["wall_over_compute"] >= 1
     assert r["plain"]["wall_over_compute"] >= 1
