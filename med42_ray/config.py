@@ -80,6 +80,28 @@ def _set_path(tree: dict, dotted: str, value: Any, origin: str) -> None:
     node[keys[-1]] = value
 
 
+# The pipeline's layers that refine a section for its stages (pipeline/config.py), most general first.
+PIPELINE_LAYERS = {"train": ("pipeline.train", "pipeline.pretrain.train", "pipeline.full", "pipeline.lora"),
+                   "evaluate": ("pipeline.evaluate",)}
+
+
+def _unshadow(tree: dict, key: str, overridden: dict[str, str]) -> None:
+    """A command-line `train.K` (or `evaluate.K`) must reach the pipeline's stages too: drop the
+    file's `pipeline.*.K` that would otherwise win over it unseen. One the command line set itself
+    stays, being the more specific of the two."""
+    section, _, rest = key.partition(".")
+    for layer in PIPELINE_LAYERS.get(section, ()) if rest else ():
+        shadow = f"{layer}.{rest}"
+        if shadow in overridden:
+            continue
+        *parents, last = shadow.split(".")
+        node = tree
+        for k in parents:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+
+
 # An override: 'key.path=value' text, its value read as YAML (`-o`), or an already-typed
 # (key, value, origin) triple (a CLI flag), origin naming it in error messages ('flag --max-steps').
 Override = str | tuple[str, Any, str]
@@ -138,6 +160,8 @@ def load_config(path: str | Path | None = None, overrides: list[Override] | None
         _set_path(tree, key, value, source)
         sources[key] = source
         shown.append(text)
+    for key in sources:
+        _unshadow(tree, key, sources)
     if shown:
         origin += f" (with overrides {' '.join(shown)})"
     tree = _expand_env(tree, origin, "")

@@ -138,3 +138,22 @@ def test_attention_kernel_is_validated():
     gpu = load_config(None, ["train.attn_implementation=flash_attention_2", "train.scaling.use_gpu=true"])
     assert gpu.train.attn_implementation == "flash_attention_2"
     assert load_config(None, ["train.attn_implementation=flex_attention"]).train.attn_implementation == "flex_attention"
+
+
+def test_command_line_train_settings_reach_every_pipeline_stage():
+    """`-o train.K=v` on the pipeline must not be shadowed by the file's `pipeline.*` layers (the
+    default sets `pipeline.train.checkpoint_every_steps: 300`, `pipeline.full.max_steps`, ...);
+    a `pipeline.*` key the command line sets itself stays the more specific one."""
+    from med42_ray.pipeline.run import Pipeline
+
+    plain = Pipeline(load_config(None)).cfg
+    assert plain.train.checkpoint_every_steps == 300 and plain.evaluate.protocol == "full_text"
+
+    cfg = load_config(None, ["train.checkpoint_every_steps=2", "train.max_steps=5", "pipeline.lora.max_steps=3",
+                             "train.scaling.num_workers=2", "evaluate.protocol=harness"])
+    assert cfg.pipeline.train["scaling"] == {"threads_per_worker": 2}  # only the key set is dropped
+    pipe = Pipeline(cfg)
+    assert pipe.cfg.train.checkpoint_every_steps == 2 and pipe.cfg.train.scaling.num_workers == 2
+    assert pipe.cfg.evaluate.protocol == "harness"
+    assert "max_steps" not in cfg.pipeline.full and "max_steps" not in cfg.pipeline.pretrain.train
+    assert cfg.pipeline.lora["max_steps"] == 3
