@@ -19,14 +19,20 @@ Run from the repository root. Two measurements, in one run:
    both indexed from the same benchmark items (the registry, `load_benchmarks`) and run on the
    same rows in this one process: clean training rows (MedAlpaca + Alpaca + Dolly) plus planted
    benchmark items in six forms (verbatim, upper-cased, punctuation swapped, punctuation spaced
-   out as tokenised text is, embedded in a longer prompt, options shuffled), and a separate group
-   of short MMLU items (question under 13 words, with their options). Reported: index build
+   out as tokenised text is, embedded in a longer prompt, options shuffled), a separate group
+   of short MMLU items (question under 13 words, with their options), and a group of partial
+   copies (issue 13): the first 40%, 60% and 80% of a question, a 25-word run from its middle,
+   and that run embedded between two unrelated training rows, planted for items whose 40%
+   prefix is at least 25 words (FRAGMENT_WORDS, the issue's "long verbatim fragment"). How many
+   MedQA dev questions each run length would flag, and how many shorter middle runs (13 to 24
+   words) it would catch, is swept to show why the run rule stops at 25. Reported: index build
    time, single-process throughput (rows per CPU-second, best of --repeats passes; clean and
    planted rows timed apart, since a hit costs more than a miss), recall on planted rows, false positives on the clean rows
    and on MedQA dev questions (a hard negative set: same exam style as the MedQA test items in
    the index, different questions).
 
-A partial run (--parts) writes only <out>/results.json; BENCHMARKS.md is updated when both run.
+A partial run (--parts) writes <out>/results.json; BENCHMARKS.md's whole `## Prepare` section is
+written when both parts run, its decontamination subsection alone with --parts decontam.
 --smoke runs both parts at tiny sizes (a minute or two) into <out>/smoke and prints the section
 instead of writing it: a check that the benchmark still runs, not a measurement.
 """
@@ -38,6 +44,7 @@ import contextlib
 import datetime
 import io
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -67,8 +74,10 @@ MMLU_CLINICAL = ("mmlu_anatomy", "mmlu_clinical_knowledge", "mmlu_college_biolog
 REPRODUCE = "python bench/bench_prepare.py --raw ../shared/data/raw --out runs/bench_prepare"
 # --smoke: every part at a size that runs in a minute or so on 2 cores (these replace the flags).
 # Two benchmarks keep the index small; MedQA for the dev-question negatives, MMLU anatomy for short items.
-SMOKE_SIZES = {"scale": 2, "repeats": 1, "per_benchmark": 2, "short_items": 5, "rows_per_source": 40,
-               "clean_rows": 400, "benchmarks": "medqa_4options,mmlu_anatomy"}
+SMOKE_SIZES = {"scale": 2, "repeats": 1, "per_benchmark": 2, "short_items": 5, "fragment_items": 5,
+               "rows_per_source": 40, "clean_rows": 400, "benchmarks": "medqa_4options,mmlu_anatomy"}
+FRAGMENT_WORDS = 25  # a planted partial copy is at least this many words: issue 13's "long verbatim fragment"
+RUN_SWEEP = (13, 17, 20, 25)  # run lengths tried on MedQA dev and on shorter fragments
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,6 +391,39 @@ def variants(item, rng: random.Random) -> dict[str, str]:
     }
 
 
+_WORD = re.compile(r"\w+")  # the word breaks of decontam.normalise_words
+
+
+def _words_span(text: str, first: int, last: int) -> str:
+    """The raw text from word `first` to word `last` (exclusive), punctuation inside kept."""
+    spans = [m.span() for m in _WORD.finditer(text)]
+    return text[spans[first][0]:spans[last - 1][1]]
+
+
+def _n_words(text: str) -> int:
+    return sum(1 for _ in _WORD.finditer(text))
+
+
+def fragment_eligible(item) -> bool:
+    """Every partial form of the item is a long fragment: its 40% prefix has FRAGMENT_WORDS words."""
+    return math.ceil(0.4 * _n_words(item.question)) >= FRAGMENT_WORDS
+
+
+def middle_run(question: str, k: int) -> str:
+    w = _n_words(question)
+    return _words_span(question, (w - k) // 2, (w - k) // 2 + k)
+
+
+def fragment_variants(item, rng: random.Random, unrelated: list[str]) -> dict[str, str]:
+    """Partial verbatim copies of the question (issue 13); the embedded one sits between two
+    unrelated training rows."""
+    q, w = item.question, _n_words(item.question)
+    run = middle_run(q, FRAGMENT_WORDS)
+    before, after = rng.sample(unrelated, 2)
+    return {**{f"prefix{p}": _words_span(q, 0, math.ceil(w * p / 100)) for p in (40, 60, 80)},
+            "middle_run": run, "embedded_fragment": f"{before}\n\n{run}\n\n{after}"}
+
+
 def clean_rows(raw: Path) -> list[str]:
     from med42_ray.data.readers import iter_rows
 
@@ -402,10 +444,12 @@ def medqa_dev_rows(raw: Path) -> list[str]:
     return ["\n".join(m["content"] for m in r["messages"]) for r in rows if r["reject"] is None]
 
 
-def planted_rows(benchmarks: dict[str, list], per_benchmark: int, short_items: int, seed: int):
+def planted_rows(benchmarks: dict[str, list], per_benchmark: int, short_items: int, seed: int,
+                 fragment_items: int = 0, unrelated: list[str] | None = None):
     """(benchmark, item id, group, variant, text) for the planted rows: `per_benchmark` random
     items of every benchmark ("main"), and `short_items` MMLU clinical items whose question is
-    under 13 words ("short"), each in every variant."""
+    under 13 words ("short"), each in every variant; `fragment_items` random items of any
+    benchmark that are long enough, each in every partial form ("fragment")."""
     rng = random.Random(seed)
     planted = []
     for name, items in benchmarks.items():
@@ -414,7 +458,11 @@ def planted_rows(benchmarks: dict[str, list], per_benchmark: int, short_items: i
     short = [it for name in MMLU_CLINICAL for it in benchmarks.get(name, []) if len(it.question.split()) < NGRAM]
     for item in rng.sample(short, min(short_items, len(short))):
         planted += [(item.benchmark, item.id, "short", v, t) for v, t in variants(item, rng).items()]
-    return planted, len(short)
+    long = [it for its in benchmarks.values() for it in its if fragment_eligible(it)]
+    for item in rng.sample(long, min(fragment_items, len(long))):
+        planted += [(item.benchmark, item.id, "fragment", v, t)
+                    for v, t in fragment_variants(item, rng, unrelated).items()]
+    return planted, {"short": len(short), "fragment": len(long)}
 
 
 def _time(fn, rows: list[str]) -> tuple[float, float, list]:
@@ -423,8 +471,27 @@ def _time(fn, rows: list[str]) -> tuple[float, float, list]:
     return time.perf_counter() - wall, time.process_time() - cpu, flags
 
 
+def run_sweep(items: list, dev: list[str], benchmarks: dict[str, list], seed: int, per_length: int) -> list[dict]:
+    """Per run length: the share of MedQA dev questions flagged, and of middle runs of 13 to 24
+    words (each length from `per_length` random long items) caught, by an index with that min_run."""
+    from med42_ray.data.decontam import ContaminationIndex
+
+    long = [it for its in benchmarks.values() for it in its if fragment_eligible(it)]
+    long = random.Random(seed).sample(long, min(per_length, len(long)))
+    short_runs = [middle_run(it.question, k) for k in range(NGRAM, FRAGMENT_WORDS) for it in long]
+    rows = []
+    for min_run in RUN_SWEEP:
+        index = ContaminationIndex.build(items, n=NGRAM, min_run=min_run)
+        flagged = lambda texts: sum(m is not None for i in range(0, len(texts), 1024)  # noqa: E731
+                                    for m in index.find(texts[i:i + 1024]))
+        rows.append({"min_run": min_run, "fp_medqa_dev": _ratio(flagged(dev), len(dev)),
+                     "recall_runs_13_24": _ratio(flagged(short_runs), len(short_runs))})
+    return rows
+
+
 def bench_decontam(raw: Path, out: Path, repeats: int, per_benchmark: int, short_items: int, seed: int,
-                   clean_rows_limit: int | None = None, names: list[str] | None = None) -> dict:
+                   clean_rows_limit: int | None = None, names: list[str] | None = None,
+                   fragment_items: int = 0) -> dict:
     from med42_ray.benchmarks import load_benchmarks
     from med42_ray.data.decontam import ContaminationIndex
 
@@ -446,7 +513,7 @@ def bench_decontam(raw: Path, out: Path, repeats: int, per_benchmark: int, short
           f"{'C++' if janitor.cpp else 'Python'} mode)", flush=True)
 
     clean = clean_rows(raw)[:clean_rows_limit]
-    planted, short_pool = planted_rows(benchmarks, per_benchmark, short_items, seed)
+    planted, pools = planted_rows(benchmarks, per_benchmark, short_items, seed, fragment_items, clean)
     dev = medqa_dev_rows(raw)[:clean_rows_limit]
     subsets = {"clean": clean, "planted": [p[4] for p in planted]}  # timed; dev rows are scored, not timed
     rows = clean + subsets["planted"]
@@ -479,7 +546,8 @@ def bench_decontam(raw: Path, out: Path, repeats: int, per_benchmark: int, short
     n_clean = len(clean)
     res: dict = {"items": len(items), "benchmarks": {k: len(v) for k, v in benchmarks.items()},
                  "rows_timed": len(rows), "clean_rows": n_clean, "planted_rows": len(planted),
-                 "medqa_dev_rows": len(dev), "short_pool": short_pool,
+                 "medqa_dev_rows": len(dev), "short_pool": pools["short"], "fragment_pool": pools["fragment"],
+                 "fragment_items": fragment_items, "fragment_words": FRAGMENT_WORDS,
                  "janitor_mode": "C++" if janitor.cpp else "Python",
                  "janitor_ngrams": len(janitor.janitor.dirt_ngrams), "ours_stats": ours.stats,
                  "load_avg_before": load_before, "load_avg_after": load_after, "per_benchmark": per_benchmark, "short_items": short_items, "seed": seed, "repeats": repeats}
@@ -507,6 +575,7 @@ def bench_decontam(raw: Path, out: Path, repeats: int, per_benchmark: int, short
     res["throughput_ratio"] = res["ours"]["rows_per_s"] / res["janitor"]["rows_per_s"]
     res["cpu_throughput_ratio"] = res["ours"]["rows_per_cpu_s"] / res["janitor"]["rows_per_cpu_s"]
     res["build_ratio"] = res["ours"]["build_cpu_s"] / res["janitor"]["build_cpu_s"]
+    res["run_sweep"] = run_sweep(items, dev, benchmarks, seed, fragment_items)
     _write_examples(out, clean, dev, planted, flags, dev_flags, ours)
     return res
 
@@ -531,14 +600,14 @@ def _write_examples(out: Path, clean, dev, planted, flags, dev_flags, ours) -> N
             if flags["ours"][i] or flags["janitor"][i]:
                 m = ours.find([text])[0]
                 f.write(json.dumps({"set": "clean", "ours": flags["ours"][i], "janitor": flags["janitor"][i],
-                                    "ours_match": m and [m.benchmark, m.item_id, m.rule, m.text],
+                                    "ours_match": m and [m.benchmark, m.item_id, m.rule, m.part, m.text],
                                     "text": text[:600]}, ensure_ascii=False) + "\n")
         for i, text in enumerate(dev):
             if dev_flags["ours"][i] or dev_flags["janitor"][i]:
                 m = ours.find([text])[0]
                 f.write(json.dumps({"set": "medqa_dev", "ours": dev_flags["ours"][i],
                                     "janitor": dev_flags["janitor"][i],
-                                    "ours_match": m and [m.benchmark, m.item_id, m.rule, m.text],
+                                    "ours_match": m and [m.benchmark, m.item_id, m.rule, m.part, m.text],
                                     "text": text[:600]}, ensure_ascii=False) + "\n")
         for j, p in enumerate(planted):
             o, jn = flags["ours"][n_clean + j], flags["janitor"][n_clean + j]
@@ -572,8 +641,7 @@ def _pct(r: dict) -> str:
 
 
 def render(results: dict) -> str:
-    m, pipe, dec = results["machine"], results["pipeline"], results["decontam"]
-    o, j = dec["ours"], dec["janitor"]
+    m, pipe = results["machine"], results["pipeline"]
     one, big = pipe["runs"]["1x"], pipe["runs"][f"{pipe['scale']}x"]
     gib = lambda b: f"{b / 2**30:.2f}"  # noqa: E731
     lines = [
@@ -613,13 +681,30 @@ def render(results: dict) -> str:
         f"{one['rows_per_s']:.0f}; the extra rows went through at {pipe['marginal_rows_per_s']:.0f} rows/s), "
         f"x{pipe['cpu_throughput_ratio']:.2f} in rows per CPU-second; peak RSS x{pipe['peak_rss_ratio']:.2f}.",
         "",
-        "### Decontamination: ours vs lm-evaluation-harness `Janitor`",
+    ]
+    return "\n".join(lines) + "\n" + render_decontam(results)
+
+
+DECONTAM_HEADING = "### Decontamination: ours vs lm-evaluation-harness `Janitor`"
+
+
+def render_decontam(results: dict) -> str:
+    """The decontamination subsection; `--parts decontam` rewrites only this one."""
+    m, dec = results["machine"], results["decontam"]
+    o, j = dec["ours"], dec["janitor"]
+    stats = dec["ours_stats"]
+    lines = [
+        DECONTAM_HEADING,
         "",
+        f"Measured {results['date']} on {m['cpu']} ({m['cores']} cores), lm-eval {m['lm_eval']} "
+        "(`--parts decontam` runs this part alone). "
         f"Both index the same {dec['items']} items of {len(dec['benchmarks'])} benchmarks (registry "
         f"`load_benchmarks`) as 13-grams: question, question + options, context. Janitor: "
         f"`lm_eval.decontamination.janitor.Janitor` as installed ({dec['janitor_mode']} mode: the optional "
         "`janitor_util` C++ extension is not part of the lm-eval wheel); a row counts as flagged when "
-        "`clean()` would cut anything from it. Ours: `ContaminationIndex.find`, batches of 1024 rows. "
+        "`clean()` would cut anything from it. Ours: `ContaminationIndex.find`, batches of 1024 rows, rules "
+        f"coverage (>= {stats['min_coverage']:.0%} of a part's 13-grams), run (>= {stats['min_run']} consecutive "
+        "words shared with one item part) and short_item. "
         f"Timed rows: {dec['clean_rows']} clean training rows (MedAlpaca, Alpaca, Dolly) + "
         f"{dec['planted_rows']} planted rows, one process, each subset timed apart, best of {dec['repeats']} "
         f"alternating passes (the "
@@ -627,7 +712,10 @@ def render(results: dict) -> str:
         f"{dec['load_avg_after'][0]:.1f} after; CPU time is the per-core figure, wall time is also shown). Planted "
         f"(seed {dec['seed']}): {dec['per_benchmark']} random items per benchmark (main) and "
         f"{dec['short_items']} MMLU clinical items with a question under 13 words (short, from "
-        f"{dec['short_pool']}), each in 6 forms.",
+        f"{dec['short_pool']}), each in 6 forms; and {dec['fragment_items']} items (fragment, from the "
+        f"{dec['fragment_pool']} whose question's first 40% is at least {dec['fragment_words']} words) as partial "
+        f"copies: the question's first 40%, 60%, 80%; a {dec['fragment_words']}-word run from its middle; that "
+        "run between two unrelated training rows.",
         "",
         "| | ours | Janitor | ours / Janitor |",
         "|---|---:|---:|---:|",
@@ -644,8 +732,11 @@ def render(results: dict) -> str:
         f"| throughput, all rows, 1 process, rows per wall-second | {o['rows_per_s']:.0f} | {j['rows_per_s']:.0f} | "
         f"{dec['throughput_ratio']:.2f} |",
         f"| recall, all planted rows | {_pct(o['recall_all'])} | {_pct(j['recall_all'])} | |",
-        f"| recall, main group | {_pct(o['recall_by_group']['main'])} | {_pct(j['recall_by_group']['main'])} | |",
-        f"| recall, short items | {_pct(o['recall_by_group']['short'])} | {_pct(j['recall_by_group']['short'])} | |",
+    ]
+    for group in o["recall_by_group"]:
+        lines.append(f"| recall, {group} group | {_pct(o['recall_by_group'][group])} | "
+                     f"{_pct(j['recall_by_group'][group])} | |")
+    lines += [
         f"| false positives, clean training rows | {_pct(o['fp_clean'])} | {_pct(j['fp_clean'])} | |",
         f"| false positives, MedQA dev questions (hard negatives) | {_pct(o['fp_medqa_dev'])} | "
         f"{_pct(j['fp_medqa_dev'])} | |",
@@ -663,16 +754,27 @@ def render(results: dict) -> str:
     for key in o["recall_main_by_benchmark"]:
         lines.append(f"| {key} | {_pct(o['recall_main_by_benchmark'][key])} | "
                      f"{_pct(j['recall_main_by_benchmark'][key])} |")
+    lines += ["", "Why the run rule stops at 25 words: the same index with a shorter minimum run, on the MedQA dev "
+              f"questions and on middle runs of 13 to 24 words (each length from {dec['fragment_items']} random items "
+              "as long as the fragment group's). Exam "
+              "vignettes share templated stretches (vital signs, lab panels, closing questions) with each other:",
+              "", "| minimum run (words) | MedQA dev questions flagged | middle runs of 13-24 words caught |",
+              "|---:|---:|---:|"]
+    for row in dec["run_sweep"]:
+        lines.append(f"| {row['min_run']} | {_pct(row['fp_medqa_dev'])} | {_pct(row['recall_runs_13_24'])} |")
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-    short_o, short_j = o["recall_by_group"]["short"]["rate"], j["recall_by_group"]["short"]["rate"]
+    forms = o["recall_by_group_variant"]
+    worst = min(forms, key=lambda k: forms[k]["rate"])
     lines += [
         "",
-        "Targets (issue): recall >= Janitor's: "
-        f"{met(o['recall_all']['rate'] >= j['recall_all']['rate'])}; higher on short items: "
-        f"{met(short_o > short_j)}; per-core throughput above Janitor's: {met(dec['cpu_throughput_ratio'] > 1)} "
-        f"on all timed rows, {met(o['clean_rows_per_cpu_s'] > j['clean_rows_per_cpu_s'])} on the clean rows.",
-        "Rows flagged on the clean sets and planted rows either one missed are listed in "
-        "`<out>/decontam_examples.jsonl`.",
+        "Targets (issue 13): recall >= 99% on all planted rows: "
+        f"{met(o['recall_all']['rate'] >= 0.99)}; on every form: {met(forms[worst]['rate'] >= 0.99)} (lowest: "
+        f"{worst}, {_pct(forms[worst])}); clean training rows flagged <= 0.5%: {met(o['fp_clean']['rate'] <= 0.005)}; "
+        f"MedQA dev questions flagged <= 1%: {met(o['fp_medqa_dev']['rate'] <= 0.01)}; per-core throughput above "
+        f"Janitor's: {met(dec['cpu_throughput_ratio'] > 1)} on all timed rows, "
+        f"{met(o['clean_rows_per_cpu_s'] > j['clean_rows_per_cpu_s'])} on the clean rows.",
+        "Rows flagged on the clean sets (with the rule and matched run) and planted rows either one missed are "
+        "listed in `<out>/decontam_examples.jsonl`.",
         "",
     ]
     return "\n".join(lines)
@@ -691,6 +793,17 @@ def write_section(md: Path, section: str) -> None:
     md.write_text(text.rstrip("\n") + "\n")
 
 
+def write_decontam_subsection(md: Path, subsection: str) -> None:
+    """Replace the decontamination subsection of `## Prepare` in BENCHMARKS.md, nothing else."""
+    text = md.read_text()
+    start = text.find(DECONTAM_HEADING)
+    if start < 0:
+        raise SystemExit(f"{md}: no '{DECONTAM_HEADING}' to replace; run both parts to write the whole section")
+    nxt = re.search(r"^##+ ", text[start + len(DECONTAM_HEADING):], flags=re.M)
+    end = start + len(DECONTAM_HEADING) + nxt.start() if nxt else len(text)
+    md.write_text(text[:start] + subsection.rstrip("\n") + "\n" + ("\n" if nxt else "") + text[end:].lstrip("\n"))
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--raw", type=Path, default=Path("../shared/data/raw"), help="shared/data/raw layout")
@@ -700,6 +813,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=5, help="timed passes per detector (the best one counts)")
     ap.add_argument("--per-benchmark", type=int, default=25, help="planted items per benchmark")
     ap.add_argument("--short-items", type=int, default=100, help="planted short MMLU items")
+    ap.add_argument("--fragment-items", type=int, default=200,
+                    help="items planted as partial copies (prefixes, middle runs), each in every partial form")
     ap.add_argument("--rows-per-source", type=int, help="prepare only the first N rows of each source (default: all)")
     ap.add_argument("--clean-rows", type=int, help="decontaminate only the first N clean and MedQA dev rows")
     ap.add_argument("--benchmarks", help="comma list of the benchmarks to index (default: every one)")
@@ -736,12 +851,19 @@ def main() -> None:
     # Decontamination first: one process, no Ray running beside it.
     if "decontam" in parts:
         results["decontam"] = bench_decontam(raw, out, args.repeats, args.per_benchmark, args.short_items, args.seed,
-                                             args.clean_rows, args.benchmarks)
+                                             args.clean_rows, args.benchmarks, args.fragment_items)
     if "pipeline" in parts:
         results["pipeline"] = bench_pipeline(raw, out, args.scale, args.model, args.rows_per_source, args.benchmarks)
     results["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults: {out / 'results.json'} ({results['seconds']:.0f}s)")
+    if parts == {"decontam"}:
+        section = render_decontam(results)
+        if args.smoke:
+            print(f"--smoke: {args.benchmarks_md} left alone; the subsection it would get:\n\n{section}")
+        else:
+            write_decontam_subsection(args.benchmarks_md, section)
+            print(f"updated {args.benchmarks_md} ({DECONTAM_HEADING})\n\n{section}")
     if parts == {"pipeline", "decontam"}:
         section = render(results)
         if args.smoke:

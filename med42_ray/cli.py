@@ -14,7 +14,7 @@ import inspect
 import sys
 
 from med42_ray.config import RunConfig, load_config
-from med42_ray.errors import ConfigError
+from med42_ray.errors import ConfigError, RunError
 
 # Stage modules that add sub-commands, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"med42-ray: {e}", file=sys.stderr)
         return 2
+    except RunError as e:
+        print(f"med42-ray: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -48,24 +48,25 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _pipeline_train_configs_valid(self) -> "RunConfig":
-        # Fail at load, not an hour into the pipeline when the LoRA stage starts.
-        def problems(e: ValidationError) -> str:
-            return "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        # Fail at load, not an hour into the pipeline when the LoRA stage starts. Each problem names
+        # its whole key (pipeline.full.lr), as a mistake in any other section does.
+        def merged(section: str, merge, *args, **fixed):
+            try:
+                return merge(*args, **fixed)
+            except ValidationError as e:
+                raise ValueError("\n  ".join(_describe(err, section) for err in e.errors())) from None
 
-        try:
-            merged_eval_config(self.evaluate, self.pipeline.evaluate)
-            shared = merged_train_config(self.train, self.pipeline.train)
-        except ValidationError as e:
-            raise ValueError(f"pipeline.train / pipeline.evaluate: {problems(e)}") from None
+        merged("pipeline.evaluate", merged_eval_config, self.evaluate, self.pipeline.evaluate)
+        shared = merged("pipeline.train", merged_train_config, self.train, self.pipeline.train)
         sections = {"full": self.pipeline.full, "lora": self.pipeline.lora}
         if self.pipeline.pretrain is not None:
             sections["pretrain.train"] = self.pipeline.pretrain.train
         for name, overrides in sections.items():
             strategy = {"pretrain.train": "full"}.get(name, name)
-            try:
-                merged_train_config(shared, overrides, strategy=strategy)
-            except ValidationError as e:
-                raise ValueError(f"pipeline.{name} does not make a valid train config: {problems(e)}") from None
+            if overrides.get("strategy", strategy) != strategy:  # it would be overwritten unseen
+                raise ValueError(f"pipeline.{name}.strategy: this section configures the {strategy} run; "
+                                 f"remove the key (got {_shown(overrides['strategy'])})")
+            merged(f"pipeline.{name}", merged_train_config, shared, overrides, strategy=strategy)
         return self
 
 
@@ -129,17 +130,37 @@ def _typed_override(item: Override) -> tuple[str, Any, str, str]:
     return key, value, origin, f"{key}={value!r}"
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value as the user wrote it, cut short: a mistyped field may hold a whole pasted document."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+def _describe(e: dict, section: str = "", came_from: str = "") -> str:
+    """One pydantic error as '<dotted key>: <what is wrong> (got <value>)', in the file's terms.
+    `section` prefixes the key of an error from validating a part of the config on its own."""
+    key = ".".join(str(p) for p in (*([section] if section else []), *e["loc"]))
+    msg = e["msg"].removeprefix("Value error, ")
+    if not key:  # a whole-config rule: its message already names the keys
+        return msg
+    if e["type"] == "extra_forbidden":
+        return f"unknown key {key!r}{came_from}"
+    if e["type"] == "missing":  # its input is the enclosing section, not a value of this key
+        return f"{key}: required, but not given{came_from}"
+    if not e["loc"]:  # a rule over a whole section: its input is the section
+        return f"{key}: {msg}"
+    if e["type"] in ("model_type", "model_attributes_type"):  # pydantic's words name our class
+        msg = "should be a section (a mapping of keys)"
+    return f"{key}: {msg} (got {_shown(e.get('input'))}{came_from})"
+
+
 def _format_errors(err: ValidationError, origin: str, sources: dict[str, str]) -> str:
     lines = [f"invalid configuration in {origin}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        if not key:  # a whole-config rule: its message already names the keys
-            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
-        elif e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key {key!r}")
-        else:
-            came_from = "".join(f", from {s}" for k, s in sources.items() if key == k or key.startswith(f"{k}."))
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r}{came_from})")
+        came_from = "".join(f", from {s}" for k, s in sources.items()
+                            if key and (key == k or key.startswith(f"{k}.")))
+        lines.append(f"  {_describe(e, came_from=came_from)}")
     return "\n".join(lines)
 
 

@@ -4,3 +4,8 @@ of the package, so imports only point down from a stage to it."""
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the user (names the file and the key)."""
+
+
+class RunError(Exception):
+    """A run that cannot go on for a reason outside its configuration (a full disk, a broken
+    checkpoint), phrased for the user: the CLI prints it without a traceback."""

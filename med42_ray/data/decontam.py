@@ -1,18 +1,43 @@
-"""Benchmark decontamination: find training rows that contain an evaluation item.
+"""Benchmark decontamination: find training rows that contain an evaluation item, or a long piece of one.
 
-Two rules, both over normalised words (NFKC, case folded, every run of non-word characters a
-single break, so re-casing and re-punctuating change nothing):
+Words are normalised (NFKC, case folded, every run of non-word characters a single break, so
+re-casing and re-punctuating change nothing). Three rules; a row is contaminated when one fires:
 
-1. **n-gram overlap** (GPT-3 / lm-evaluation-harness style, default n=13). The n-grams of each
+1. **coverage** (GPT-3 / lm-evaluation-harness style n-grams, default n=13). The n-grams of each
    item part -- its question, its question followed by its options, its context (PubMedQA's
-   abstract) -- go into the index. A training row is contaminated by a part when it holds at
-   least `min_coverage` (default half) of that part's n-grams: a copied item, whole or embedded
-   in a longer prompt, holds all of them, while an unrelated exam question shares one or two
-   templated phrases ("respirations are 21/min, and blood pressure is ..."). A part with fewer
-   than 3 n-grams must be there whole. n-grams found in more than 10 benchmark items are
-   boilerplate and left out of the index.
+   abstract) -- go into the index. A row is contaminated by a part when it holds at least
+   `min_coverage` (default half) of that part's n-grams: a copied item, whole or embedded in a
+   longer prompt, re-cased or with its options shuffled, holds all of them. A part with fewer
+   than 3 n-grams must be there whole.
 
-2. **short items** (question shorter than n words; a third of MMLU clinical is, e.g. "The
+2. **run**: the row and one item part share a contiguous run of at least `min_run` (default 25)
+   words. This catches what coverage lets through: the first 40% of a MedQA vignette, or a
+   25-word stretch from its middle pasted into an unrelated prompt, holds well under half of
+   the question's n-grams. The run is found from the n-gram hits, in numpy over the whole
+   batch: every hit puts the row and the part on one alignment (row word i faces part word
+   i - d), and k consecutive hits on one alignment are k + n - 1 equal words. Every occurrence
+   of an n-gram in a part is indexed, boilerplate ones too (flagged), so a run passes through
+   a templated phrase; but it starts and ends on non-boilerplate n-grams, so a template at its
+   edge adds nothing and a template alone is no run. The reported run is confirmed on the words.
+
+   Why 25 words, and why a contiguous run rather than a count of rare n-grams: exam vignettes
+   share templated stretches that are not any item's content (vital signs, lab panels, "the
+   remainder of the examination shows no abnormalities; which of the following is the most
+   appropriate next step in management"). Against the benchmark index, MedQA's dev questions
+   (different items of the same exam as the MedQA test set) share a run of >= 13 words with
+   some item in about a third of questions, and the share falls slowly with the run's length:
+   about 1% at 25 words (BENCHMARKS.md, "Decontamination", has the sweep). Weighting n-grams by
+   how few items hold them does not separate templates from content either, since vital signs
+   with their numbers are as rare as anything else (tried while choosing this rule: >= 17
+   words of n-grams found in at most 2 items, numbers masked, flagged 2.2% of dev questions and
+   still missed 7% of 25-word middle runs). So the run rule stops at 25 words.
+
+   n-grams found in more than `max_item_frequency` (10) benchmark items are boilerplate: they
+   count towards no coverage, and a run made only of them is not a match. (Not "more than one":
+   the same question can sit in two benchmarks, e.g. an MMLU professional medicine item that
+   is also a USMLE sample item, and must stay findable.)
+
+3. **short_item** (question shorter than n words; a third of MMLU clinical is, e.g. "The
    auditory tube", "Kinase reactions:"). Such a question has no n-gram, and matching it alone would
    flag any text that mentions "osteoclasts". So a short item matches when its whole normalised
    question occurs as a word sequence AND at least half of its informative options occur as word
@@ -20,12 +45,15 @@ single break, so re-casing and re-punctuating change nothing):
    benchmark (PubMedQA's yes/no/maybe) carry no information; an item whose options are all such
    matches on its question alone.
 
+Every match names its rule, the item part, and the matched run: word offsets [start, end) in
+the row's normalised words and those words (for coverage, the longest run behind it).
+
 Hashing is vectorised. Each word maps to its id in the benchmarks' vocabulary (0 for a word no
 benchmark has: no indexed n-gram contains it), built on the driver and shipped with the index,
 so every Ray worker hashes alike (Python's `hash` of a str is salted per process). n-gram hashes
 are a polynomial rolling hash over a whole batch of rows at once in numpy, tested against a
-presence table and then the sorted keys. A match is confirmed on the actual words, so a hash
-collision cannot remove a row.
+presence table and then the sorted keys. Word ids are exact, so comparing a row's ids with a
+part's ids is comparing the words: a hash collision cannot remove a row.
 """
 
 from __future__ import annotations
@@ -78,16 +106,20 @@ def _gram_hashes(word_ids: np.ndarray, n: int) -> np.ndarray:
 
 
 PARTS = ("question", "question+options", "context")
-MIN_GRAMS = 3  # a match needs at least this many of a part's n-grams (all of them, if it has fewer)
+MIN_GRAMS = 3  # a coverage match needs at least this many of a part's n-grams (all of them, if it has fewer)
+RULES = ("coverage", "run", "short_item")
 
 
 @dataclass
 class Match:
     benchmark: str
     item_id: str
-    rule: str  # "ngram:<part>" or "short_item"
-    text: str  # matching words of the training row (the first shared n-gram, or the short question)
-    coverage: float  # share of the item part's n-grams found in the row (1.0 for short items)
+    rule: str  # one of RULES: which rule fired
+    part: str  # the item part matched (one of PARTS)
+    text: str  # the matched run: the row's normalised words start..end, space-joined
+    start: int  # word offsets [start, end) of the run in the row's normalised words
+    end: int
+    coverage: float  # share of the item part's indexed n-grams found in the row (1.0 for short items)
 
 
 @dataclass
@@ -100,12 +132,19 @@ class ContaminationIndex:
 
     n: int
     min_coverage: float
+    min_run: int
     gram_hashes: np.ndarray  # uint64, sorted
     gram_owner: np.ndarray  # int64: index into `parts` of the item part that has this n-gram
-    gram_offset: np.ndarray  # int32: where the n-gram starts in that part's words
-    parts: list[tuple[int, int, int]]  # (item index, part index, number of distinct n-grams)
-    part_text: list[str] = field(repr=False)  # each part's normalised words, space-joined
-    item_keys: list[tuple[str, str]]  # (benchmark, item id)
+    gram_offset: np.ndarray  # int32: where the n-gram starts in that part's words (every occurrence)
+    # True for a boilerplate n-gram: kept only so that a run can pass through it; it never counts
+    # towards coverage, and a run made of nothing else is not a match.
+    gram_boilerplate: np.ndarray
+    parts: list[tuple[int, int, int]]  # (item index, part index, number of distinct non-boilerplate n-grams)
+    # Every part's word ids end to end; part o is part_ids[part_bounds[o]:part_bounds[o + 1]].
+    part_ids: np.ndarray = field(repr=False)
+    part_bounds: np.ndarray = field(repr=False)
+    part_totals: np.ndarray = field(repr=False)  # int64: parts[o][2] as an array
+    item_keys: list[tuple[str, str]]
     vocab: dict[str, int] = field(repr=False)
     # gram_filter[h & mask] is False for most hashes no key has: a cheap first test that keeps
     # the binary search (cache misses over ~10^6 keys) for the few hashes that may be keys.
@@ -119,13 +158,12 @@ class ContaminationIndex:
 
     @classmethod
     def build(cls, items: Iterable[Any], n: int = 13, min_coverage: float = 0.5,
-              max_item_frequency: int = 10) -> "ContaminationIndex":
+              max_item_frequency: int = 10, min_run: int = 25) -> "ContaminationIndex":
         """`items`: objects with .benchmark, .id, .question, .choices, .context (BenchmarkItem).
 
         `min_coverage`: a row matches an item part when it holds at least this share of the
-        part's n-grams (at least one). One shared 13-gram is not enough on its own: exam prose is
-        templated ("respirations are 21/min, and blood pressure is ..."), and MedQA's dev set
-        shares a 13-gram with a test item in a fifth of its questions without repeating any.
+        part's n-grams. `min_run`: ... or when it shares this many consecutive words with it
+        (never fewer than n: one n-gram is n words). See the module docstring for why.
         """
         items = list(items)
         item_keys = [(it.benchmark, it.id) for it in items]
@@ -134,7 +172,7 @@ class ContaminationIndex:
             for text in (it.question, it.context or "", *it.choices):
                 for w in normalise_words(text):
                     vocab.setdefault(w, len(vocab) + 1)
-        part_grams: list[tuple[int, int, str, dict[int, int]]] = []
+        part_grams: list[tuple[int, int, np.ndarray, list[int]]] = []
         item_freq: Counter[int] = Counter()
         for idx, it in enumerate(items):
             q = normalise_words(it.question)
@@ -142,47 +180,48 @@ class ContaminationIndex:
             ctx = normalise_words(it.context or "")
             seen_in_item: set[int] = set()
             for part, words in enumerate((q, qo, ctx)):
-                grams: dict[int, int] = {}  # hash -> offset of its first occurrence
-                for i, h in enumerate(_gram_hashes(_word_ids(vocab, words), n).tolist()):
-                    grams.setdefault(h, i)
+                ids = _word_ids(vocab, words)
+                grams = _gram_hashes(ids, n).tolist()  # grams[i]: the n-gram at word i
                 if grams:
-                    part_grams.append((idx, part, " ".join(words), grams))
+                    part_grams.append((idx, part, ids, grams))
                 seen_in_item.update(grams)
             item_freq.update(seen_in_item)
 
-        # An n-gram shared by many benchmark items is exam boilerplate, not one item's text. (Not
-        # "more than one": the same question can sit in two benchmarks, e.g. an MMLU professional
-        # medicine item that is also a USMLE sample item, and must stay findable.)
         boilerplate = {h for h, c in item_freq.items() if c > max_item_frequency}
-        keys, owners, offsets, parts, part_text = [], [], [], [], []
-        for idx, part, text, grams in part_grams:
-            kept = [h for h in grams if h not in boilerplate]
+        keys, owners, offsets, parts, part_ids = [], [], [], [], []
+        for idx, part, ids, grams in part_grams:
+            kept = {h for h in grams if h not in boilerplate}
             if not kept:
                 continue
             parts.append((idx, part, len(kept)))
-            part_text.append(text)
-            for h in kept:
-                keys.append(h)
-                owners.append(len(parts) - 1)
-                offsets.append(grams[h])
+            part_ids.append(ids.astype(np.uint32))
+            keys += grams
+            owners += [len(parts) - 1] * len(grams)
+            offsets += range(len(grams))
         keys_arr = np.array(keys, dtype=np.uint64)
+        is_boilerplate = np.array([h in boilerplate for h in keys], dtype=bool)
         order = np.argsort(keys_arr, kind="stable")
 
         gram_filter = _presence_table([keys_arr], _FILTER_BITS)
         short_items, short_by_len = cls._build_short(items, n, vocab)
         short_filter = _presence_table([k for k, _ in short_by_len.values()], _FILTER_BITS - 3)
-        index = cls(n=n, min_coverage=min_coverage, gram_hashes=keys_arr[order],
+        bounds = np.concatenate([[0], np.cumsum([len(p) for p in part_ids])]).astype(np.int64)
+        index = cls(n=n, min_coverage=min_coverage, min_run=max(min_run, n), gram_hashes=keys_arr[order],
                     gram_owner=np.array(owners, dtype=np.int64)[order],
-                    gram_offset=np.array(offsets, dtype=np.int32)[order], parts=parts, part_text=part_text,
+                    gram_offset=np.array(offsets, dtype=np.int32)[order],
+                    gram_boilerplate=is_boilerplate[order], parts=parts,
+                    part_ids=np.concatenate(part_ids) if part_ids else np.empty(0, dtype=np.uint32),
+                    part_bounds=bounds, part_totals=np.array([t for _, _, t in parts], dtype=np.int64),
                     item_keys=item_keys, vocab=vocab, gram_filter=gram_filter,
                     short_by_len=short_by_len, short_items=short_items, short_filter=short_filter)
         index.stats = {
             "items": len(items),
-            "ngrams": len(set(keys)),
-            "boilerplate_ngrams_dropped": len(boilerplate),
+            "ngrams": len(set(keys) - boilerplate),
+            "boilerplate_ngrams": len(boilerplate),
             "short_items": len(short_items),
             "n": n,
             "min_coverage": min_coverage,
+            "min_run": index.min_run,
             "max_item_frequency": max_item_frequency,
         }
         return index
@@ -221,20 +260,20 @@ class ContaminationIndex:
         lengths = np.array([len(w) for w in words_per_text], dtype=np.int64)
         if lengths.sum() == 0:
             return results
-        all_hashes = _word_ids(self.vocab, list(chain.from_iterable(words_per_text)))
+        word_ids = _word_ids(self.vocab, list(chain.from_iterable(words_per_text)))
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         row_of = np.repeat(np.arange(len(texts)), lengths)
         row_ends = starts + lengths
 
-        self._find_ngrams(words_per_text, all_hashes, starts, row_ends, row_of, results)
-        self._find_short(words_per_text, all_hashes, starts, row_ends, row_of, results)
+        self._find_ngrams(words_per_text, word_ids, starts, row_ends, row_of, results)
+        self._find_short(words_per_text, word_ids, starts, row_ends, row_of, results)
         return results
 
     @staticmethod
-    def _hits(all_hashes, row_ends, row_of, k, sorted_keys, presence):
+    def _hits(word_ids, row_ends, row_of, k, sorted_keys, presence):
         """(position, first key index) of every k-gram inside one row whose hash is a key.
         `presence`, a table indexed by the hash's low bits, rules most grams out first."""
-        grams = _gram_hashes(all_hashes, k)
+        grams = _gram_hashes(word_ids, k)
         if len(grams) == 0 or len(sorted_keys) == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
         maybe = np.nonzero(presence[grams & np.uint64(len(presence) - 1)])[0]
@@ -245,9 +284,9 @@ class ContaminationIndex:
         inside = hit + k <= row_ends[row_of[hit]]
         return hit[inside], pos[inside]
 
-    def _find_ngrams(self, words_per_text, all_hashes, starts, row_ends, row_of, results) -> None:
+    def _find_ngrams(self, words_per_text, word_ids, starts, row_ends, row_of, results) -> None:
         n, keys = self.n, self.gram_hashes
-        positions, first = self._hits(all_hashes, row_ends, row_of, n, keys, self.gram_filter)
+        positions, first = self._hits(word_ids, row_ends, row_of, n, keys, self.gram_filter)
         if len(positions) == 0:
             return
         # Every (position, key entry) pair: a hash can belong to several item parts.
@@ -256,44 +295,47 @@ class ContaminationIndex:
         pos = np.repeat(positions, counts)
         entry = np.repeat(first - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
         row, owner, gram = row_of[pos], self.gram_owner[entry], keys[entry]
-        # Distinct n-grams per (row, item part), all in numpy: sort by pair then gram, count runs.
         pair = row.astype(np.int64) * len(self.parts) + owner
-        order = np.lexsort((gram, pair))
-        pair_s, gram_s = pair[order], gram[order]
-        new_pair = np.r_[True, pair_s[1:] != pair_s[:-1]]
-        new_gram = new_pair | np.r_[True, gram_s[1:] != gram_s[:-1]]
-        pair_start = np.nonzero(new_pair)[0]
-        distinct = np.add.reduceat(new_gram.astype(np.int64), pair_start)
-        # The earliest hit of each pair: confirmed on the actual words, reported as the match text.
-        by_pos = np.lexsort((pos, pair))
-        earliest = by_pos[np.r_[True, pair[by_pos][1:] != pair[by_pos][:-1]]]
-        pairs = zip(row[earliest].tolist(), owner[earliest].tolist(), pos[earliest].tolist(),
-                    entry[earliest].tolist(), distinct.tolist())
-        for r, o, p, e, found in pairs:
-            item, part, total = self.parts[o]
-            # A part with few n-grams (a question just over n words) must be there whole: two of
-            # its three n-grams can be one templated phrase of an unrelated question.
-            if found < max(math.ceil(self.min_coverage * total - 1e-9), min(total, MIN_GRAMS)):
-                continue
-            coverage = found / total
-            best = results[r]
-            if best is not None and coverage <= best.coverage:
-                continue
-            words = words_per_text[r][p - starts[r]:p - starts[r] + n]
-            offset = int(self.gram_offset[e])
-            if self.part_text[o].split(" ")[offset:offset + n] != words:
+        rare = ~self.gram_boilerplate[entry]
+        local = pos - starts[row]
+        run_pair, run_start, run_len, run_diag = _longest_runs(pair, local, local - self.gram_offset[entry], rare, n)
+        n_found = _lookup(*_distinct_per_pair(pair[rare], gram[rare]), run_pair)
+        total = self.part_totals[run_pair % len(self.parts)]
+        # A part with few n-grams (a question just over n words) must be there whole: two of
+        # its three n-grams can be one templated phrase of an unrelated question.
+        covered = n_found >= np.maximum(np.ceil(self.min_coverage * total - 1e-9), np.minimum(total, MIN_GRAMS))
+        covered &= run_len > 0
+        hit = np.nonzero(covered | (run_len >= self.min_run))[0]
+        for i in hit.tolist():  # in pair order: rows ascending, parts in index order
+            r, o = divmod(int(run_pair[i]), len(self.parts))
+            start, end, d = int(run_start[i]), int(run_start[i] + run_len[i]), int(run_diag[i])
+            if not self._same_words(word_ids, int(starts[r]), o, start, end, d):
                 continue  # a hash collision, not a real overlap
+            item, part, n_total = self.parts[o]
+            rule = "coverage" if covered[i] else "run"
+            coverage = round(int(n_found[i]) / n_total, 4)
+            prev = results[r]
+            if prev is not None and _rank(rule, coverage, end - start) <= _rank(prev.rule, prev.coverage,
+                                                                                prev.end - prev.start):
+                continue
             bench, item_id = self.item_keys[item]
-            results[r] = Match(bench, item_id, f"ngram:{PARTS[part]}", " ".join(words), round(coverage, 4))
+            results[r] = Match(bench, item_id, rule, PARTS[part], " ".join(words_per_text[r][start:end]),
+                               start, end, coverage)
 
-    def _find_short(self, words_per_text, all_hashes, starts, row_ends, row_of, results) -> None:
+    def _same_words(self, word_ids, row_start: int, part: int, start: int, end: int, diag: int) -> bool:
+        """Row words start..end equal the part's words opposite them (ids are exact words)."""
+        p0 = int(self.part_bounds[part])
+        return bool(np.array_equal(word_ids[row_start + start:row_start + end],
+                                   self.part_ids[p0 + start - diag:p0 + end - diag]))
+
+    def _find_short(self, words_per_text, word_ids, starts, row_ends, row_of, results) -> None:
         for k, (keys, owners) in self.short_by_len.items():
-            positions, first = self._hits(all_hashes, row_ends, row_of, k, keys, self.short_filter)
+            positions, first = self._hits(word_ids, row_ends, row_of, k, keys, self.short_filter)
             for p, ki in zip(positions.tolist(), first.tolist()):
                 row = int(row_of[p])
                 if results[row] is not None:
                     continue
-                words, local = words_per_text[row], p - starts[row]
+                words, local = words_per_text[row], p - int(starts[row])
                 end = int(np.searchsorted(keys, keys[ki], side="right"))
                 # Several short items can share one question ("Kinase reactions:"); try each.
                 for j in range(ki, end):
@@ -302,8 +344,55 @@ class ContaminationIndex:
                         continue
                     if not options or _count_present(words, options) >= math.ceil(len(options) / 2):
                         bench, item_id = self.item_keys[item]
-                        results[row] = Match(bench, item_id, "short_item", " ".join(question), 1.0)
+                        results[row] = Match(bench, item_id, "short_item", PARTS[0], " ".join(question),
+                                             local, local + k, 1.0)
                         break
+
+
+def _longest_runs(pair, local, diag, rare, n: int):
+    """The longest run of each (row, item part) pair: (pair, start, length, diagonal), by pair.
+
+    Every hit puts row word i opposite part word i - diagonal. Consecutive hits on one (pair,
+    diagonal) are a stretch of equal words (an n-gram after the last hit would be a hit too,
+    boilerplate included, had its words matched). The run is that stretch from its first to its
+    last non-boilerplate n-gram: a template inside a copied passage counts, a template at its
+    edge does not, and a template alone is no run (length 0).
+    """
+    order = np.lexsort((local, diag, pair))
+    pair_s, diag_s, local_s, rare_s = pair[order], diag[order], local[order], rare[order]
+    cut = np.nonzero(np.r_[True, (pair_s[1:] != pair_s[:-1]) | (diag_s[1:] != diag_s[:-1])
+                           | (local_s[1:] != local_s[:-1] + 1)])[0]
+    first = np.minimum.reduceat(np.where(rare_s, local_s, np.iinfo(np.int64).max), cut)
+    last = np.maximum.reduceat(np.where(rare_s, local_s, -1), cut)
+    length = np.where(last >= 0, last - first + n, 0)
+    best = np.lexsort((-length, pair_s[cut]))
+    best = best[np.r_[True, pair_s[cut][best][1:] != pair_s[cut][best][:-1]]]
+    return pair_s[cut][best], first[best], length[best], diag_s[cut][best]
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """values[keys == w] for each w of `wanted` (keys sorted and distinct), 0 where absent."""
+    if len(keys) == 0:
+        return np.zeros(len(wanted), dtype=np.int64)
+    k = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where(keys[k] == wanted, values[k], 0)
+
+
+def _distinct_per_pair(pair: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct pairs, distinct n-grams of each), all in numpy: sort by pair then gram, count runs."""
+    if len(pair) == 0:  # every hit a boilerplate n-gram
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    order = np.lexsort((gram, pair))
+    pair_s, gram_s = pair[order], gram[order]
+    new_pair = np.r_[True, pair_s[1:] != pair_s[:-1]]
+    new_gram = new_pair | np.r_[True, gram_s[1:] != gram_s[:-1]]
+    pair_start = np.nonzero(new_pair)[0]
+    return pair_s[pair_start], np.add.reduceat(new_gram.astype(np.int64), pair_start)
+
+
+def _rank(rule: str, coverage: float, run_length: int) -> tuple:
+    """Which of two n-gram matches of a row to report: coverage before run, then the stronger."""
+    return (1, coverage, run_length) if rule == "coverage" else (0, run_length, coverage)
 
 
 def _count_present(words: list[str], options: list[tuple[str, ...]]) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from med42_ray.data import steps
+from med42_ray.data import output, steps
 from med42_ray.errors import ConfigError
 from med42_ray.layout import PreparedDir, prepared_dir_for
 from med42_ray.paths import resolve_path
@@ -37,6 +36,13 @@ if TYPE_CHECKING:  # annotations only: a stage never imports the config composit
 log = logging.getLogger(__name__)
 
 STATUSES = ("rejected", "duplicate", "contaminated", "sampled_out", "kept")
+# contamination.jsonl: record field -> ledger column. `rule` is which rule fired (decontam.RULES);
+# run_start/run_end are word offsets of the matched run in the row's normalised words (all its
+# messages joined by newlines) and matching_text is that run.
+CONTAMINATION_FIELDS = {"id": "id", "source": "source", "file": "file", "row": "row", "benchmark": "reason",
+                        "item_id": "match_item", "rule": "match_rule", "part": "match_part",
+                        "coverage": "match_coverage", "run_start": "match_start", "run_end": "match_end",
+                        "matching_text": "match_text"}
 
 
 class AccountingError(RuntimeError):
@@ -54,23 +60,29 @@ class PreparePlan:
     benchmarks_dir: Path
     benchmark_items: list
     benchmark_counts: dict[str, int]
+    files: dict[str, dict]  # source -> {"read": [file, ...], "skipped": [{"file", "why"}, ...]}
 
 
 def plan_prepare(cfg: RunConfig) -> PreparePlan:
     from med42_ray.benchmarks import load_benchmarks
-    from med42_ray.data.readers import expand_source_paths, plan_read_tasks
+    from med42_ray.data.readers import plan_read_tasks, source_files
     from med42_ray.model import resolve_model
 
     p = cfg.prepare
     if not p.sources:
         raise ConfigError("prepare.sources is empty: nothing to prepare")
-    tasks = []
+    tasks, files = [], {}
     for src in p.sources:
         try:
-            paths = expand_source_paths(src.path)
-        except FileNotFoundError as e:
+            found = source_files(src.path, src.format)
+        except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"source {src.name!r}: {e}") from None
-        tasks += plan_read_tasks(paths, src.format, src.name)
+        tasks += plan_read_tasks(found.read, src.format, src.name)
+        files[src.name] = {"read": [str(f) for f in found.read],
+                           "skipped": [{"file": str(f), "why": why} for f, why in found.skipped]}
+        if found.skipped:  # a directory source: say what was left out, before anything runs
+            print(f"source {src.name!r}: reading {len(found.read)} file(s) of {src.path}, skipping "
+                  + "; ".join(f"{f.name} ({why})" for f, why in found.skipped), flush=True)
 
     bench_dir = resolve_path(p.benchmarks_dir)
     if not bench_dir.is_dir():
@@ -98,6 +110,7 @@ def plan_prepare(cfg: RunConfig) -> PreparePlan:
         benchmarks_dir=bench_dir,
         benchmark_items=[it for items in benchmarks.values() for it in items],
         benchmark_counts={name: len(items) for name, items in benchmarks.items()},
+        files=files,
     )
 
 
@@ -114,8 +127,7 @@ def run_prepare(cfg: RunConfig) -> dict:
     log.info("planned in %.1fs", time.time() - started)
     p = cfg.prepare
     out = plan.output
-    for sub in (out.ledger, out.shards, out.rejects):
-        shutil.rmtree(sub, ignore_errors=True)
+    output.clear(out)  # the old manifest first: a run that fails below leaves nothing claiming shards
     out.root.mkdir(parents=True, exist_ok=True)
 
     index = ContaminationIndex.build(plan.benchmark_items, n=p.ngram)
@@ -154,16 +166,17 @@ def run_prepare(cfg: RunConfig) -> dict:
     ds = ds.map_batches(steps.tokenise, batch_format="pyarrow", fn_kwargs={
         "tokenizer_path": plan.tokenizer_path, "template": p.template, "system_prompt": p.system_prompt,
         "seq_len": p.seq_len, "overlong": p.overlong})
-    ds.write_parquet(str(out.ledger))
+    with output.finishing(out):  # a full disk: one error naming the file, the partial output removed
+        ds.write_parquet(str(out.ledger))
 
-    # Stage 2: pack the kept rows.
-    kept = ray.data.read_parquet(str(out.ledger)).filter(expr=col("status") == "kept")
-    kept = kept.select_columns(["source", "input_ids", "labels", "copies"])
-    packed = kept.map_batches(steps.pack_batch, batch_size=p.pack_window, batch_format="pyarrow",
-                              fn_kwargs={"seq_len": p.seq_len})
-    packed.write_parquet(str(out.shards), min_rows_per_file=p.rows_per_shard)
+        # Stage 2: pack the kept rows.
+        kept = ray.data.read_parquet(str(out.ledger)).filter(expr=col("status") == "kept")
+        kept = kept.select_columns(["source", "input_ids", "labels", "copies"])
+        packed = kept.map_batches(steps.pack_batch, batch_size=p.pack_window, batch_format="pyarrow",
+                                  fn_kwargs={"seq_len": p.seq_len})
+        packed.write_parquet(str(out.shards), min_rows_per_file=p.rows_per_shard)
 
-    manifest = write_reports(cfg, plan, index.stats, time.time() - started)
+        manifest = write_reports(cfg, plan, index.stats, time.time() - started)
     print_summary(manifest)
     return manifest
 
@@ -235,10 +248,7 @@ def write_reports(cfg: RunConfig, plan: PreparePlan, index_stats: dict, seconds:
     per = count_sources(ledger, shards_table)
     check_accounting(per, ledger)
 
-    _write_jsonl(out.contamination, ledger.filter(pc.equal(ledger["status"], "contaminated")),
-                 {"id": "id", "source": "source", "file": "file", "row": "row", "benchmark": "reason",
-                  "item_id": "match_item", "rule": "match_rule", "coverage": "match_coverage",
-                  "matching_text": "match_text"})
+    _write_jsonl(out.contamination, ledger.filter(pc.equal(ledger["status"], "contaminated")), CONTAMINATION_FIELDS)
     out.rejects.mkdir(exist_ok=True)
     _write_jsonl(out.rejects_file, ledger.filter(pc.equal(ledger["status"], "rejected")),
                  {"file": "file", "row": "row", "source": "source", "reason": "reason", "detail": "detail", "id": "id"})
@@ -252,6 +262,7 @@ def write_reports(cfg: RunConfig, plan: PreparePlan, index_stats: dict, seconds:
         s = per[src.name]
         sources[src.name] = {
             "format": src.format, "path": src.path, "weight": src.weight, "domain": src.domain,
+            "files": plan.files[src.name]["read"], "skipped_files": plan.files[src.name]["skipped"],
             "read": s["read"], "rejected": dict(s["rejected"]), "duplicates": s["duplicates"],
             "contaminated": dict(s["contaminated"]), "sampled_out": s["sampled_out"], "kept": s["kept"],
             "kept_copies": s["kept_copies"], "repeated_copies": s["repeated_copies"],
@@ -275,13 +286,13 @@ def write_reports(cfg: RunConfig, plan: PreparePlan, index_stats: dict, seconds:
         "seconds": round(seconds, 1),
         "config": cfg.model_dump(mode="json"),
     }
-    out.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+    output.write_manifest(out.manifest, json.dumps(manifest, indent=2) + "\n")  # last: it marks the output complete
     return manifest
 
 
 def _write_jsonl(path: Path, table: pa.Table, fields: dict[str, str]) -> None:
     rows = table.sort_by([("source", "ascending"), ("file", "ascending"), ("row", "ascending")]).to_pylist()
-    with path.open("w") as f:
+    with output.writing(path), path.open("w") as f:
         for r in rows:
             f.write(json.dumps({k: r[col] for k, col in fields.items()}, ensure_ascii=False) + "\n")
 

@@ -12,7 +12,14 @@ Each yielded dict has exactly the keys
     detail  None, or a message for a person, naming the field ("field 'output' is empty")
 
 Bad rows never raise: they come out as reject dicts, so the pipeline can count and write them.
-Only a missing file or an unknown format raises, before any work starts.
+Only a missing file, an unknown format or a directory entry of unknown format raises, before
+any work starts. A row larger than
+`MAX_ROW_BYTES` is rejected ("oversized_row") without being parsed: such a row is a file pasted
+into one field, and kept it would become thousands of training sequences (a JSON line that large
+is read past in blocks, so even a gigabyte one never sits in a worker's memory).
+
+A source's path is a file, a glob, or a directory: `source_files` reads a directory's own files
+of the format and lists every other entry with why it was not read (see `_skip_reason`).
 
 Two layers keep this readable:
 - a *row mapper* per format, `raw row -> messages`, raising `ParseError` (a reason code and a detail); the
@@ -46,6 +53,10 @@ from med42_ray.records import ROLES, format_mc_answer, format_multiple_choice
 
 MiB = 1 << 20
 _BLOCK = 8 * MiB  # read size when scanning a file for cut points
+# The largest row read. Long documents are prepare's business (split or reject at seq_len); a
+# row of tens of megabytes is a mistake: a 30 MB answer, read, took two minutes of `prepare` and
+# became 4,300 of the 4,317 sequences it packed.
+MAX_ROW_BYTES = 16 * MiB
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,6 +296,37 @@ def _iter_lines(path: Path, start: int, end: int, first_line: int) -> Iterator[t
             number += 1
 
 
+def _iter_limited_lines(path: Path, start: int, end: int, first_line: int,
+                        limit: int) -> Iterator[tuple[int, bytes | int]]:
+    """Like `_iter_lines`, but a line longer than `limit` bytes comes as its size (an int), read
+    past in blocks rather than held."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        offset, number = start, first_line
+        while offset < end:
+            line = f.readline(limit + 1)
+            if not line:
+                return
+            size = len(line)
+            if size > limit and not line.endswith(b"\n"):
+                while (more := f.readline(_BLOCK)) and not more.endswith(b"\n"):
+                    size += len(more)
+                size += len(more)
+                line = size
+            yield number, line
+            offset += size
+            number += 1
+
+
+def _oversized(size: int, limit: int) -> str:
+    return (f"the row is {_bytes(size)}, over the {_bytes(limit)} limit for one row: "
+            "likely a whole file pasted into one field (not read)")
+
+
+def _bytes(n: int) -> str:
+    return f"{n / MiB:.1f} MiB" if n >= MiB // 10 else f"{n} bytes"
+
+
 def _decode(line: bytes, number: int) -> str:
     text = line.decode("utf-8")
     return text.lstrip("\ufeff") if number == 1 else text
@@ -292,7 +334,12 @@ def _decode(line: bytes, number: int) -> str:
 
 def _iter_json_lines(task: dict) -> Iterator[tuple[int, Any, str | None, str | None]]:
     """(line, parsed row, reject, detail); blank lines are skipped but still counted."""
-    for number, line in _iter_lines(Path(task["path"]), task["start"], task["end"], task["first_line"]):
+    limit = task.get("max_row_bytes", MAX_ROW_BYTES)
+    for number, line in _iter_limited_lines(Path(task["path"]), task["start"], task["end"], task["first_line"],
+                                            limit):
+        if isinstance(line, int):
+            yield number, None, "oversized_row", _oversized(line, limit)
+            continue
         if not line.strip():
             continue
         try:
@@ -395,10 +442,15 @@ def _iter_json_document(task: dict, layout: str) -> Iterator[tuple[int, Any, str
         yield 0, None, "unsupported_shape", f"expected a JSON document starting with {_EXPECTED_TOP[layout].decode()!r}"
         return
     n = 0
+    limit = task.get("max_row_bytes", MAX_ROW_BYTES)
     with open(path, "rb") as f:
         try:
             for n, element in enumerate(_json_elements(f, layout), start=1):
-                yield n, element, None, None
+                size = _text_bytes(element)
+                if size > limit:
+                    yield n, None, "oversized_row", _oversized(size, limit)
+                else:
+                    yield n, element, None, None
         except ParseError as e:
             yield n + 1, None, e.reason, e.detail
         except UnicodeDecodeError:
@@ -407,6 +459,18 @@ def _iter_json_document(task: dict, layout: str) -> Iterator[tuple[int, Any, str
             message = _first_line(e)
             reason = "non_utf8" if "utf8" in message.lower().replace("-", "") else "malformed_json"
             yield n + 1, None, reason, f"invalid JSON after element {n}: {message}; the rest of the file is unread"
+
+
+def _text_bytes(value: Any) -> int:
+    """About the size of a parsed element: the characters of its text (ijson has already read
+    it; this only decides whether to keep it)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(k) + _text_bytes(v) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(map(_text_bytes, value))
+    return 8
 
 
 def _first_line(e: Exception) -> str:
@@ -425,11 +489,13 @@ def _check_file(path: Path) -> None:
         raise FileNotFoundError(f"source file not found: {path}")
 
 
-def plan_read_tasks(paths: list[Path], fmt: str, source: str, target_bytes: int = 64 * MiB) -> list[dict]:
+def plan_read_tasks(paths: list[Path], fmt: str, source: str, target_bytes: int = 64 * MiB,
+                    max_row_bytes: int = MAX_ROW_BYTES) -> list[dict]:
     """Split the files of one source into JSON-serialisable read tasks for `iter_task`.
 
     Line-based files are cut into ranges of about `target_bytes` starting on record boundaries,
-    each with its first line number; a JSON document is one task (it streams with ijson)."""
+    each with its first line number; a JSON document is one task (it streams with ijson). A row
+    larger than `max_row_bytes` is rejected unread."""
     reader = get_reader(fmt)
     if target_bytes < 1:
         raise ValueError(f"target_bytes must be positive, got {target_bytes}")
@@ -437,7 +503,7 @@ def plan_read_tasks(paths: list[Path], fmt: str, source: str, target_bytes: int 
     for path in map(Path, paths):
         _check_file(path)
         size = path.stat().st_size
-        base = {"path": str(path), "fmt": fmt, "source": source}
+        base = {"path": str(path), "fmt": fmt, "source": source, "max_row_bytes": max_row_bytes}
         if not _is_line_based(path, reader.layout):
             tasks.append({**base, "start": 0, "end": size, "first_line": 1, "whole_file": True})
             continue
@@ -477,13 +543,67 @@ def iter_rows(path: Path, fmt: str, source: str) -> Iterator[dict]:
 
 def expand_source_paths(pattern: str) -> list[Path]:
     """A file, or a glob of files ('**' allowed; 'pkg://' for files shipped in the package),
-    sorted. Raises FileNotFoundError naming the pattern when nothing matches."""
+    sorted. A file that exists is taken as named, even if its name holds glob characters
+    ('run [v2]/a.json'). Raises FileNotFoundError naming the pattern when nothing matches."""
     resolved = str(resolve_path(pattern))
-    if glob.has_magic(resolved):
+    if Path(resolved).is_file():
+        paths = [Path(resolved)]
+    elif glob.has_magic(resolved):
         paths = sorted(Path(p) for p in glob.glob(resolved, recursive=True) if Path(p).is_file())
     else:
-        paths = [Path(resolved)] if Path(resolved).is_file() else []
+        paths = []
     if not paths:
         raise FileNotFoundError(f"no file matches source path {pattern!r}" +
                                 (f" (resolved to {resolved})" if resolved != pattern else ""))
     return paths
+
+
+# The file names a format reads from a directory, by layout.
+LAYOUT_SUFFIXES = {"records": (".json", ".jsonl", ".ndjson"), "csv": (".csv",),
+                   "dict_values": (".json",), "headqa": (".json",)}
+# What sits beside data in a downloaded dataset and holds no rows.
+_DOC_SUFFIXES = {".md", ".rst", ".txt", ".pdf", ".html", ".cff", ".bib"}
+_DOC_NAMES = {"readme", "license", "licence", "copying", "notice", "citation", "changelog", "authors"}
+
+
+@dataclass(frozen=True)
+class SourceFiles:
+    read: list[Path]
+    skipped: list[tuple[Path, str]]  # (entry of a directory source, why it was not read)
+
+
+def source_files(pattern: str, fmt: str) -> SourceFiles:
+    """The files a source reads. A file or a glob: those files. A directory: its own files of
+    the format (by name: .json/.jsonl for JSON formats, .csv for MMLU); every other entry is
+    skipped with why, for the manifest. A file that may hold rows but whose name does not say
+    their format raises ValueError naming it: reading it could garble its rows, skipping it lose
+    them. Nothing that matches raises FileNotFoundError."""
+    resolved = resolve_path(pattern)
+    if not resolved.is_dir():
+        return SourceFiles(expand_source_paths(pattern), [])
+    suffixes = LAYOUT_SUFFIXES[get_reader(fmt).layout]
+    read, skipped = [], []
+    for entry in sorted(resolved.iterdir()):
+        if entry.is_file() and entry.suffix.lower() in suffixes and not entry.name.startswith("."):
+            read.append(entry)
+        else:
+            skipped.append((entry, _skip_reason(entry, fmt, suffixes)))
+    if not read:
+        raise FileNotFoundError(f"source directory {pattern!r} holds no {'/'.join(suffixes)} file for format "
+                                f"{fmt!r}" + "".join(f"; {p.name}: {why}" for p, why in skipped[:5]))
+    return SourceFiles(read, skipped)
+
+
+def _skip_reason(entry: Path, fmt: str, suffixes: tuple[str, ...]) -> str:
+    if entry.name.startswith("."):
+        return "hidden (its name starts with '.')"
+    if entry.is_dir():
+        return "subdirectory: not read (a glob such as dir/**/*.json reads into subdirectories)"
+    if not entry.is_file():
+        return "not a regular file"
+    if entry.suffix.lower() in _DOC_SUFFIXES or entry.stem.lower() in _DOC_NAMES:
+        return "documentation, not data"
+    if not entry.suffix:
+        raise ValueError(f"{entry}: no file extension, so it cannot be told whether it holds {fmt!r} rows; "
+                         f"rename it (*{suffixes[0]}) or name the source's files with a glob")
+    return f"a {entry.suffix} file; format {fmt!r} reads {'/'.join(suffixes)} files"

@@ -39,7 +39,10 @@ LEDGER_SCHEMA = pa.schema([
     ("copies", pa.int32()),
     ("match_item", pa.string()),
     ("match_rule", pa.string()),
-    ("match_text", pa.string()),
+    ("match_part", pa.string()),
+    ("match_text", pa.string()),  # the matched run: the row's normalised words match_start..match_end
+    ("match_start", pa.int32()),
+    ("match_end", pa.int32()),
     ("match_coverage", pa.float32()),
     ("input_ids", pa.list_(pa.int32())),
     ("labels", pa.list_(pa.int32())),
@@ -48,8 +51,8 @@ LEDGER_SCHEMA = pa.schema([
 ])
 
 _DEFAULTS = {"status": "kept", "reason": "", "detail": "", "copies": 0, "match_item": "", "match_rule": "",
-             "match_text": "", "match_coverage": 0.0, "input_ids": [], "labels": [], "num_tokens": 0,
-             "trainable_tokens": 0}
+             "match_part": "", "match_text": "", "match_start": 0, "match_end": 0, "match_coverage": 0.0,
+             "input_ids": [], "labels": [], "num_tokens": 0, "trainable_tokens": 0}
 _SPACE = re.compile(r"\s+")
 
 # Worker-process cache of large read-only objects (the contamination index, the tokenizer):
@@ -110,8 +113,9 @@ def decontaminate(batch: pa.Table, index_ref: Any) -> pa.Table:
     for r, match in zip(live, index.find(texts)):
         if match is not None:
             r.update(status="contaminated", reason=match.benchmark, match_item=match.item_id,
-                     match_rule=match.rule, match_text=match.text, match_coverage=match.coverage,
-                     detail=f"overlaps {match.benchmark} item {match.item_id}")
+                     match_rule=match.rule, match_part=match.part, match_text=match.text,
+                     match_start=match.start, match_end=match.end, match_coverage=match.coverage,
+                     detail=f"overlaps {match.benchmark} item {match.item_id} ({match.rule})")
     return _table(rows)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import re
 import time
+import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -29,9 +31,14 @@ PROTOCOL_DESCRIPTIONS = {
 }
 
 
+def _label(path: str) -> str:
+    """A directory's name as a model label (EvalModel.name's characters): 'modèle 7B' -> 'modele_7B'."""
+    name = unicodedata.normalize("NFKD", Path(path.rstrip("/")).name or path).encode("ascii", "ignore").decode()
+    return re.sub(r"[^A-Za-z0-9_.:+-]+", "_", name).strip("_") or "model"
+
+
 def default_model_name(path: str, adapter: str | None) -> str:
-    base = Path(path.rstrip("/")).name or path
-    return f"{base}+{Path(adapter.rstrip('/')).name}" if adapter else base
+    return f"{_label(path)}+{_label(adapter)}" if adapter else _label(path)
 
 
 def select_items(benches: dict[str, list[BenchmarkItem]], limit: int | None):

@@ -73,6 +73,7 @@ class _Worker:
     last_report: float = 0.0    # perf_counter when metrics last reached Ray Train
     unreported: list[dict] = field(default_factory=list)  # rows since then
     first_step_logged: bool = False
+    checkpoint_tag: str = ""    # set when resumed past broken checkpoints (checkpointing.checkpoint_dir_name)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -94,12 +95,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.scaling.threads_per_worker)
     engine, built = _setup_engine(cfg, job, rank, world)
     torch.manual_seed(job.seed * 1000 + rank + 1)  # each rank its own dropout stream
-    state = _resume(engine, cfg, rank, world)
+    state, fell_back = _resume(engine, cfg, rank, world)
     w = _Worker(cfg, job, rank, world, device, engine, built,
                 step_hook=config.get("step_hook"), validate=config.get("validate"),
                 metrics_log=MetricsLog(job.outputs.metrics, state.step) if rank == 0 else None,
                 model_flops=_model_flops(engine, job.seq_len), peak=peak_flops(cfg.peak_tflops),
-                started_at=config["started_at"])
+                started_at=config["started_at"],
+                checkpoint_tag=f"resumed{int(config['started_at'])}" if fell_back else "")
     if rank == 0:
         # Where start-up went, in seconds after run_train started: Ray Train's controller and the
         # worker processes (imports included) until this function ran, then engine and resume.
@@ -152,19 +154,39 @@ def _setup_engine(cfg: TrainConfig, job: TrainJob, rank: int, world: int) -> tup
     return engine, built
 
 
-def _resume(engine, cfg: TrainConfig, rank: int, world: int) -> TrainState:
-    """Where training starts: the last checkpoint's position (model, optimizer and RNG restored), else 0."""
+def _resume(engine, cfg: TrainConfig, rank: int, world: int) -> tuple[TrainState, bool]:
+    """Where training starts: the newest intact checkpoint's position (model, optimizer and RNG
+    restored), else 0. Ray Train offers its latest; one that fails `checkpointing.problem` is
+    never loaded (it would fail the same way on every retry Ray Train makes) but named in one line,
+    and an older one of the run is used. None intact: an error naming each, for the user to decide
+    (trainer.run_train refuses such a run before any worker starts, from the files' sizes).
+    Also returns whether a broken checkpoint was passed over."""
     import ray.train
 
-    resumed = ray.train.get_checkpoint()
-    if resumed is None:
-        return TrainState()
-    with resumed.as_directory() as ckpt_dir:
-        state = checkpointing.restore(engine, ckpt_dir, rank, world, lora=cfg.strategy == "lora")
-    if rank == 0:
-        print(f"[med42-ray] resumed from checkpoint {resumed.path}: step {state.step}, "
-              f"epoch {state.epoch}", flush=True)
-    return state
+    latest = ray.train.get_checkpoint()
+    if latest is None:
+        return TrainState(), False
+    broken = []
+    for ckpt in checkpointing.candidates(latest):
+        with ckpt.as_directory() as ckpt_dir:
+            found = _agreed_problem(checkpointing.problem(ckpt_dir, world, hash_ranks=[rank]), world)
+            if found is None:
+                state = checkpointing.restore(engine, ckpt_dir, rank, world, lora=cfg.strategy == "lora")
+                if rank == 0:
+                    print(checkpointing.resume_line(ckpt.path, state.step, state.epoch, broken), flush=True)
+                return state, bool(broken)
+        broken.append((ckpt.path, found))
+    raise checkpointing.CheckpointError(checkpointing.none_intact_message(broken))
+
+
+def _agreed_problem(mine: str | None, world: int) -> str | None:
+    """Every rank hashed its own files: the first problem any rank found, the same on all of them,
+    so that all load the same checkpoint."""
+    if world == 1:
+        return mine
+    found: list[str | None] = [None] * world
+    dist.all_gather_object(found, mine)
+    return next((f for f in found if f is not None), None)
 
 
 def _model_flops(engine, seq_len: int) -> float:
@@ -340,7 +362,7 @@ def _report(w: _Worker, state: TrainState, row: dict, with_checkpoint: bool) -> 
     upload_async = cfg.checkpoint_upload == "async"
     try:
         ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(str(local)),
-                         checkpoint_dir_name=checkpointing.checkpoint_dir_name(state.step),
+                         checkpoint_dir_name=checkpointing.checkpoint_dir_name(state.step, w.checkpoint_tag),
                          checkpoint_upload_mode=CheckpointUploadMode.ASYNC if upload_async else CheckpointUploadMode.SYNC)
     finally:
         if not upload_async:  # async: Ray deletes the local copy once it is uploaded

@@ -163,6 +163,7 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
     outputs = job.outputs
     outputs.root.mkdir(parents=True, exist_ok=True)
     resolve_model(cfg.model)  # fail fast here, and build the tiny model once for local workers
+    refuse_unresumable(cfg)
     connect(cfg.ray)
 
     ctx = ray.data.DataContext.get_current()
@@ -208,16 +209,57 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
     )
 
 
+def _checkpoint_step(ckpt) -> int | None:
+    from med42_ray.train import checkpointing
+
+    m = checkpointing.STEP_DIR.fullmatch(ckpt.path.rstrip("/").rsplit("/", 1)[-1])
+    return int(m.group(1)) if m else None
+
+
+def refuse_unresumable(cfg: RunConfig) -> None:
+    """A rerun of a run whose checkpoints are all broken fails here, before any worker starts: in
+    the workers (loop._resume) the same error would come back on every retry Ray Train makes.
+    Local storage, presence and sizes only (no download, no hashing); the workers check the rest."""
+    from ray.train import Result
+
+    from med42_ray.train import checkpointing
+
+    storage = storage_path_for(cfg)
+    run = Path(storage) / cfg.train.run_name
+    if "://" in storage or not run.is_dir():
+        return
+    try:
+        latest = Result.from_path(str(run)).checkpoint
+    except RuntimeError:  # no checkpoint snapshot: nothing was registered, training starts afresh
+        return
+    broken = []
+    for ckpt in checkpointing.candidates(latest) if latest is not None else []:
+        try:
+            found = checkpointing.problem(ckpt.path, cfg.train.scaling.num_workers, hash_ranks=())
+        except checkpointing.CheckpointError as e:  # written by another number of workers
+            raise ConfigError(str(e)) from None
+        if found is None:
+            return
+        broken.append((ckpt.path, found))
+    if broken:
+        raise ConfigError(checkpointing.none_intact_message(broken))
+
+
 def export_finished_run(cfg: RunConfig) -> dict[str, Path]:
     """Export a run that trained to its last step with `train.export` off, from that step's
     checkpoint in storage (the sweep's trials train so, and only the best is exported)."""
-    from ray.train import Checkpoint
+    from ray.train import Result
 
     from med42_ray.train import export
-    from med42_ray.train.checkpointing import checkpoint_dir_name
 
     manifest, shards = read_manifest(train_data_dir_for(cfg))
     job = plan_job(cfg, manifest, count_rows(shards))
-    path = f"{storage_path_for(cfg)}/{cfg.train.run_name}/{checkpoint_dir_name(job.total_steps)}"
-    export.export_final_checkpoint(Checkpoint(path), cfg.train, job)
+    run = f"{storage_path_for(cfg)}/{cfg.train.run_name}"
+    # Ray Train's latest registered checkpoint, not a name built from the step: a run resumed past
+    # broken checkpoints tags its later ones (checkpointing.checkpoint_dir_name).
+    final = Result.from_path(run).checkpoint
+    if final is None or _checkpoint_step(final) != job.total_steps:
+        raise ConfigError(f"{run}: the run did not checkpoint its last step ({job.total_steps}); "
+                          f"latest: {final.path if final else 'none'}")
+    export.export_final_checkpoint(final, cfg.train, job)
     return job.outputs.exported(cfg.train.strategy)
