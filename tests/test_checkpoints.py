@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from med42_ray.config import load_config
 from med42_ray.train.faults import KillWorkerOnce
 from med42_ray.train.metrics import read_metrics, superseded_path
 from med42_ray.train.trainer import run_train
+
+pytestmark = pytest.mark.slow  # minutes of real Ray runs: `pytest -m 'not slow'` skips them
 
 STEPS = 5
 

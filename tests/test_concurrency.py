@@ -12,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # minutes of real Ray runs: `pytest -m 'not slow'` skips them
+
 MED42_RAY = str(Path(sys.executable).with_name("med42-ray"))
 CROSSTALK = "Found multiple active Ray instances"
 STARTED = re.compile(r"started a local Ray cluster of this command's own at (\S+)")

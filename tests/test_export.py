@@ -26,6 +26,8 @@ from med42_ray.train import export
 from med42_ray.train.checkpointing import CheckpointError
 from med42_ray.train.trainer import count_rows, plan_job, read_manifest, run_train
 
+pytestmark = pytest.mark.slow  # minutes of real Ray runs: `pytest -m 'not slow'` skips them
+
 STEPS = 2
 SHARD = "1MB"  # the tiny Llama is ~3.8 MB in fp32: several shards
 

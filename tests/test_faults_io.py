@@ -24,6 +24,8 @@ from test_eval import _eval_config
 
 from med42_ray.data.output import PARQUET_MAGIC
 
+pytestmark = pytest.mark.slow  # minutes of real Ray runs: `pytest -m 'not slow'` skips them
+
 # test_eval's module fixtures, by name: a small benchmark root and a tiny Llama with its tokenizer
 small_root, items, tiny_dir = test_eval.small_root, test_eval.items, test_eval.tiny_dir
 

@@ -28,6 +28,8 @@ from med42_ray.train import checkpointing
 from med42_ray.train.metrics import read_metrics, superseded_path
 from med42_ray.train.trainer import run_train
 
+pytestmark = pytest.mark.slow  # minutes of real Ray runs: `pytest -m 'not slow'` skips them
+
 STEPS = 6
 # Checkpoints at steps 2, 4 and 6, all kept, so that there is an older one to fall back to.
 OVERRIDES = [f"train.max_steps={STEPS}", "train.strategy=full", "train.scaling.num_workers=2",

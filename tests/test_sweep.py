@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from med42_ray.config import ConfigError, load_config
 from med42_ray.layout import SweepDir
 
+pytestmark = pytest.mark.slow  # minutes of real Ray runs: `pytest -m 'not slow'` skips them
+
 STEPS, EVAL_EVERY, TRIALS = 4, 2, 4
 
 

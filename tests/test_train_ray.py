@@ -18,6 +18,8 @@ from med42_ray.train.faults import KillWorkerOnce
 from med42_ray.train.metrics import read_metrics, superseded_path
 from med42_ray.train.trainer import run_train
 
+pytestmark = pytest.mark.slow  # minutes of real Ray runs: `pytest -m 'not slow'` skips them
+
 STEPS = 6
 
 
