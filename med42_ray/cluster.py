@@ -6,6 +6,9 @@ the state API, anything calling ray.init() with no address) look for "the" clust
 machine's processes for GCS servers, and with two of them they fail ("Found multiple active Ray
 instances") or pick the other one. So a local cluster's GCS port is chosen before it starts, and
 its address is exported as RAY_ADDRESS to every process it starts, which then never scan.
+
+Ray Train state tracking is switched on here too, for every run started or joined: without it the
+dashboard has no Train page ("Train state is not tracked") and our runs' names appear nowhere.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ if TYPE_CHECKING:  # the section lives in config.py, which composes every stage'
 
 ADDRESS_ENV = "RAY_ADDRESS"
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # read by Ray when it starts a head node
+# Read by Ray Train in the driver when fit() starts a run (its state actor then records the run,
+# its attempts and workers for the dashboard); jobs/runtime_env.yaml and cluster.yaml set it too.
+TRAIN_STATE_ENV = "RAY_TRAIN_ENABLE_STATE_TRACKING"
 LOOPBACK = "127.0.0.1"
 
 # The address this process exported for the local cluster it started: when that cluster is shut
@@ -36,6 +42,9 @@ def connect(cfg: RayConfig) -> str | None:
     --ray-address (say so on stdout: the user asked for it). Otherwise a local cluster of this
     command's own is started on loopback, isolated from any other on the machine.
     """
+    # Before the early return: a cluster someone else initialised (a test session) still gets the
+    # runs this process starts tracked. A user's explicit 0 is kept.
+    os.environ.setdefault(TRAIN_STATE_ENV, "1")
     if ray.is_initialized():
         return _dashboard_url(ray.get_runtime_context())
     address = cfg.address or _inherited_address()
@@ -62,6 +71,7 @@ def start_local(**init_kwargs):
     # Before ray.init: the raylet copies this environment when it starts, and every worker,
     # actor and Ray Train controller it spawns inherits it from there.
     os.environ[ADDRESS_ENV] = address
+    os.environ.setdefault(TRAIN_STATE_ENV, "1")
     _exported = address
     try:
         # address="local": always a new cluster (RAY_ADDRESS, just set, would otherwise be joined)

@@ -121,6 +121,7 @@ def run_prepare(cfg: RunConfig) -> dict:
 
     from med42_ray.cluster import connect
     from med42_ray.data.decontam import ContaminationIndex
+    from med42_ray.data.parquet_read import read_parquet
 
     started = time.time()
     plan = plan_prepare(cfg)
@@ -166,14 +167,16 @@ def run_prepare(cfg: RunConfig) -> dict:
     ds = ds.map_batches(steps.tokenise, batch_format="pyarrow", fn_kwargs={
         "tokenizer_path": plan.tokenizer_path, "template": p.template, "system_prompt": p.system_prompt,
         "seq_len": p.seq_len, "overlong": p.overlong})
+    ds.set_name("prepare.read_decontaminate")  # the dashboard's Data page lists each program by name
     with output.finishing(out):  # a full disk: one error naming the file, the partial output removed
         ds.write_parquet(str(out.ledger))
 
         # Stage 2: pack the kept rows.
-        kept = ray.data.read_parquet(str(out.ledger)).filter(expr=col("status") == "kept")
+        kept = read_parquet(str(out.ledger)).filter(expr=col("status") == "kept")  # no footer actors
         kept = kept.select_columns(["source", "input_ids", "labels", "copies"])
         packed = kept.map_batches(steps.pack_batch, batch_size=p.pack_window, batch_format="pyarrow",
                                   fn_kwargs={"seq_len": p.seq_len})
+        packed.set_name("prepare.pack")
         packed.write_parquet(str(out.shards), min_rows_per_file=p.rows_per_shard)
 
         manifest = write_reports(cfg, plan, index.stats, time.time() - started)

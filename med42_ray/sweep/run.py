@@ -106,36 +106,22 @@ def apply_params(base: RunConfig, params: dict) -> RunConfig:
     return cfg
 
 
-def _validation_reports(registry, trial_id: str):
-    """A Ray Train callback that forwards rank 0's reports to the Tune trial, but only those that
-    carry validation metrics (Tune rejects results without the metric it optimises), and none once
-    the trial has been stopped (nobody reads them then, and the forwarding queue would block)."""
-    import ray
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    class ValidationReports(TuneReportCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            if metrics and METRIC in metrics[0] and not ray.get(registry.is_stopped.remote(trial_id)):
-                super().after_report(run_context, metrics, checkpoint)
-
-    return ValidationReports()
-
-
-def run_trial(params: dict, base: RunConfig, validation: Validation, registry, sweep_dir: SweepDir,
+def run_trial(params: dict, base: RunConfig, validation: Validation, registry, relay, sweep_dir: SweepDir,
               name: str) -> None:
-    """One Tune trial: a Ray Train run of LoRA with this trial's r/alpha/lr (runs in the trial actor)."""
+    """One Tune trial: a Ray Train run of LoRA with this trial's r/alpha/lr (runs in the trial actor),
+    whose validation reports reach Tune through the sweep's relay (reports.py)."""
     from ray import tune
 
-    from med42_ray.sweep.stopping import train_run
+    from med42_ray.sweep.reports import forward_reports, relay_reports
     from med42_ray.train.trainer import run_train
 
     trial_id = tune.get_context().get_trial_id()
     cfg = apply_params(base, params)
     cfg.train.output_dir = str(sweep_dir.trial(trial_id).root)
     cfg.train.run_name = f"{name}-{trial_id}"
-    with train_run(trial_id):
-        run_train(cfg, callbacks=[_validation_reports(registry, trial_id)],
-                  validate=replace(validation, stop_registry=registry, trial_id=trial_id))
+    relay_reports(relay, trial_id, lambda: run_train(
+        cfg, callbacks=[forward_reports(relay, trial_id)],
+        validate=replace(validation, stop_registry=registry, trial_id=trial_id)))
 
 
 def run_sweep(cfg: RunConfig) -> SweepResult:
@@ -146,6 +132,7 @@ def run_sweep(cfg: RunConfig) -> SweepResult:
 
     from med42_ray.cluster import connect
     from med42_ray.model import resolve_model
+    from med42_ray.sweep.reports import create_relay
     from med42_ray.sweep.stopping import RegisterStops, create_registry, graceful_trainable
 
     s = cfg.sweep
@@ -167,10 +154,10 @@ def run_sweep(cfg: RunConfig) -> SweepResult:
           f"{grace} steps, reduction factor {s.reduction_factor:g}", flush=True)
 
     sweep_dir.root.mkdir(parents=True, exist_ok=True)
-    registry = create_registry()
+    registry, relay = create_registry(), create_relay()
     trainable = tune.with_resources(
-        graceful_trainable(tune.with_parameters(run_trial, base=base, validation=validation,
-                                                registry=registry, sweep_dir=sweep_dir, name=s.name), registry),
+        graceful_trainable(tune.with_parameters(run_trial, base=base, validation=validation, registry=registry,
+                                                relay=relay, sweep_dir=sweep_dir, name=s.name), registry),
         {"cpu": s.trial_cpus})
     tuner = tune.Tuner(
         trainable,

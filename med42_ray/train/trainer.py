@@ -120,18 +120,28 @@ def cpus_per_worker(tcfg: TrainConfig, cluster_cpus: float, reserved_cpus: float
     return min(1.0, share)
 
 
-def training_dataset(shards: list[str], driver_read_max_mb: float):
-    """The packed rows as a Ray Data dataset, in shard order. Small data is read here and handed to
-    Ray Data as tables: a distributed Parquet read starts read tasks and footer-reader actors, ~7 s
-    before the first row on 2 CPUs and again every epoch, for what the driver reads in a blink.
-    Larger data (a real mixture: gigabytes) streams from the files, so no one node holds it."""
+def training_dataset(shards: list[str], driver_read_max_mb: float, run_name: str):
+    """The packed rows as a Ray Data dataset, in shard order, named `<run_name>.input` (the
+    dashboard's Data page lists it under that name beside the Train run). Small data is read here
+    and handed to Ray Data as tables: a distributed Parquet read starts read tasks, ~7 s before the
+    first row on 2 CPUs and again every epoch, for what the driver reads in a blink. Larger data (a
+    real mixture: gigabytes) streams from the files, so no one node holds it."""
     import ray
 
+    from med42_ray.data.parquet_read import read_parquet
     from med42_ray.train.packing import COLUMNS
 
     if sum(Path(s).stat().st_size for s in shards) <= driver_read_max_mb * 2**20:
-        return ray.data.from_arrow([pq.read_table(s, columns=list(COLUMNS)) for s in shards])
-    return ray.data.read_parquet(shards).select_columns(list(COLUMNS))
+        ds = ray.data.from_arrow([pq.read_table(s, columns=list(COLUMNS)) for s in shards])
+    else:
+        ds = read_parquet(shards).select_columns(list(COLUMNS))  # no footer-reader actors
+    ds.set_name(input_dataset_name(run_name))
+    return ds
+
+
+def input_dataset_name(run_name: str) -> str:
+    """The name of a Train run's input stream on the dashboard: train_full -> train_full.input."""
+    return f"{run_name}.input"
 
 
 def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, callbacks: list | None = None,
@@ -168,7 +178,7 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # per-step metrics are the progress report
-    dataset = training_dataset(shards, tcfg.driver_read_max_mb)
+    dataset = training_dataset(shards, tcfg.driver_read_max_mb, tcfg.run_name)
     world = tcfg.scaling.num_workers
     log.info("training %s (%s) on %s: %s", cfg.model, tcfg.strategy, data_dir.root, job)
 
@@ -183,7 +193,7 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
         scaling_config=ScalingConfig(num_workers=world, use_gpu=tcfg.scaling.use_gpu,
                                      resources_per_worker=resources),
         run_config=RayRunConfig(
-            name=tcfg.run_name,
+            name=tcfg.run_name,  # the run's name on the dashboard's Train page, and its storage dir
             storage_path=storage_path_for(cfg),
             failure_config=FailureConfig(max_failures=tcfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=tcfg.keep_checkpoints),
