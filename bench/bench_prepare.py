@@ -858,19 +858,18 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults: {out / 'results.json'} ({results['seconds']:.0f}s)")
     if parts == {"decontam"}:
-        section = render_decontam(results)
-        if args.smoke:
-            print(f"--smoke: {args.benchmarks_md} left alone; the subsection it would get:\n\n{section}")
-        else:
-            write_decontam_subsection(args.benchmarks_md, section)
-            print(f"updated {args.benchmarks_md} ({DECONTAM_HEADING})\n\n{section}")
+        publish(args, render_decontam(results), write_decontam_subsection, DECONTAM_HEADING, "subsection")
     if parts == {"pipeline", "decontam"}:
-        section = render(results)
-        if args.smoke:
-            print(f"--smoke: {args.benchmarks_md} left alone; the section it would get:\n\n{section}")
-        else:
-            write_section(args.benchmarks_md, section)
-            print(f"updated {args.benchmarks_md} (## Prepare)\n\n{section}")
+        publish(args, render(results), write_section, "## Prepare", "section")
+
+
+def publish(args, section: str, write, heading: str, what: str) -> None:
+    """Write `section` into BENCHMARKS.md with `write`; with --smoke only print what it would get."""
+    if args.smoke:
+        print(f"--smoke: {args.benchmarks_md} left alone; the {what} it would get:\n\n{section}")
+    else:
+        write(args.benchmarks_md, section)
+        print(f"updated {args.benchmarks_md} ({heading})\n\n{section}")
 
 
 if __name__ == "__main__":

@@ -70,8 +70,7 @@ def start_local(**init_kwargs):
     os.environ[GCS_PORT_ENV] = str(port)
     # Before ray.init: the raylet copies this environment when it starts, and every worker,
     # actor and Ray Train controller it spawns inherits it from there.
-    os.environ[ADDRESS_ENV] = address
-    os.environ.setdefault(TRAIN_STATE_ENV, "1")
+    os.environ[ADDRESS_ENV] = address  # (connect has set TRAIN_STATE_ENV already: it travels alike)
     _exported = address
     try:
         # address="local": always a new cluster (RAY_ADDRESS, just set, would otherwise be joined)

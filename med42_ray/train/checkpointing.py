@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # annotations only
     from ray.train import Checkpoint
 
 DS_TAG = "deepspeed"
-STEP_DIR = re.compile(r"step_(\d{8})(?:-[\w.]+)?")
+_STEP_DIR = re.compile(r"step_(\d{8})(?:-[\w.]+)?")
 
 
 class CheckpointError(RuntimeError, RunError):
@@ -67,6 +67,12 @@ def checkpoint_dir_name(step: int, tag: str = "") -> str:
     return f"step_{step:08d}-{tag}" if tag else f"step_{step:08d}"
 
 
+def checkpoint_step(path: str) -> int | None:
+    """The step of the checkpoint directory at `path` (checkpoint_dir_name's form), or None."""
+    m = _STEP_DIR.fullmatch(posixpath.basename(path.rstrip("/")))
+    return int(m.group(1)) if m else None
+
+
 def candidates(latest: Checkpoint) -> list[Checkpoint]:
     """Where a resume may start, best first: Ray Train's latest registered checkpoint, then the
     older step_* directories beside it in the run's storage, newest first. Newer ones are left out:
@@ -74,13 +80,13 @@ def candidates(latest: Checkpoint) -> list[Checkpoint]:
     from pyarrow.fs import FileSelector, FileType
     from ray.train import Checkpoint
 
-    newest = STEP_DIR.fullmatch(posixpath.basename(latest.path.rstrip("/")))
+    newest = checkpoint_step(latest.path)
     if newest is None:
         return [latest]
     infos = latest.filesystem.get_file_info(FileSelector(posixpath.dirname(latest.path.rstrip("/"))))
-    older = sorted(((int(m.group(1)), i.path) for i in infos
-                    if i.type == FileType.Directory and (m := STEP_DIR.fullmatch(i.base_name))
-                    and int(m.group(1)) < int(newest.group(1))), reverse=True)
+    older = sorted(((step, i.path) for i in infos
+                    if i.type == FileType.Directory and (step := checkpoint_step(i.path)) is not None
+                    and step < newest), reverse=True)
     return [latest] + [Checkpoint(path, filesystem=latest.filesystem) for _, path in older]
 
 

@@ -219,13 +219,6 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
     )
 
 
-def _checkpoint_step(ckpt) -> int | None:
-    from med42_ray.train import checkpointing
-
-    m = checkpointing.STEP_DIR.fullmatch(ckpt.path.rstrip("/").rsplit("/", 1)[-1])
-    return int(m.group(1)) if m else None
-
-
 def refuse_unresumable(cfg: RunConfig) -> None:
     """A rerun of a run whose checkpoints are all broken fails here, before any worker starts: in
     the workers (loop._resume) the same error would come back on every retry Ray Train makes.
@@ -261,6 +254,7 @@ def export_finished_run(cfg: RunConfig) -> dict[str, Path]:
     from ray.train import Result
 
     from med42_ray.train import export
+    from med42_ray.train.checkpointing import checkpoint_step
 
     manifest, shards = read_manifest(train_data_dir_for(cfg))
     job = plan_job(cfg, manifest, count_rows(shards))
@@ -268,7 +262,7 @@ def export_finished_run(cfg: RunConfig) -> dict[str, Path]:
     # Ray Train's latest registered checkpoint, not a name built from the step: a run resumed past
     # broken checkpoints tags its later ones (checkpointing.checkpoint_dir_name).
     final = Result.from_path(run).checkpoint
-    if final is None or _checkpoint_step(final) != job.total_steps:
+    if final is None or checkpoint_step(final.path) != job.total_steps:
         raise ConfigError(f"{run}: the run did not checkpoint its last step ({job.total_steps}); "
                           f"latest: {final.path if final else 'none'}")
     export.export_final_checkpoint(final, cfg.train, job)
