@@ -60,3 +60,11 @@ def sample_prepared(ray_cluster, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sample_prepare")
     manifest = run_prepare(load_config(None, [f"run_dir={run_dir}"]))
     return run_dir / "prepared", manifest
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A `ray start --head` cluster of its own for one test module (tests/ray_head.py)."""
+    from ray_head import start_head
+
+    yield from start_head()

@@ -113,3 +113,34 @@ def test_every_shell_command_parses():
     for key in ("initialization_commands", "setup_commands", "head_start_ray_commands", "worker_start_ray_commands"):
         for cmd in config[key]:
             subprocess.run(["bash", "-n", "-c", cmd], check=True)
+
+
+def test_head_runs_prometheus_and_grafana_on_rays_generated_config():
+    """As Ray documents: Prometheus on the session's prometheus.yml (service discovery of every
+    node), Grafana on its grafana.ini (provisioning Ray's dashboards and ours), localhost only."""
+    config = _config()
+    setup = " ".join(config["head_setup_commands"])
+    assert "prometheus/releases/download/v" in setup and "dl.grafana.com/oss/release/grafana-" in setup
+    start = " ".join(config["head_start_ray_commands"])
+    ray_start = start.index("ray start --head")
+    prometheus = start.index("--config.file=$M/prometheus/prometheus.yml")
+    grafana = start.index("--config $M/grafana/grafana.ini")
+    ours = start.index("-m med42_ray.ray_metrics $M/grafana/dashboards")
+    assert ray_start < ours < grafana and ray_start < prometheus  # Ray writes the files they read
+    assert "M=/tmp/ray/session_latest/metrics" in start
+    assert "--web.listen-address=127.0.0.1:9090" in start and "GF_SERVER_HTTP_ADDR=127.0.0.1" in start
+
+
+def test_our_grafana_dashboard_is_written_where_ray_provisions_dashboards(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from med42_ray.ray_metrics import DASHBOARD_FILE, TRAIN_FIGURES
+
+    subprocess.run([sys.executable, "-m", "med42_ray.ray_metrics", str(tmp_path)], check=True)
+    dashboard = json.loads((tmp_path / DASHBOARD_FILE).read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    for key in TRAIN_FIGURES:
+        assert f'ray_med42_train_{key}{{run=~"$run"}}' in exprs
+    assert {"ray_med42_eval_questions_done", "ray_med42_eval_questions_per_s"} <= set(exprs)

@@ -6,80 +6,25 @@ submission, and resubmitting skips the finished stages and resumes training from
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from ray_head import VENV_BIN, cli_env
 
 pytestmark = pytest.mark.slow  # minutes of real Ray runs: `pytest -m 'not slow'` skips them
 
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cli_env() -> dict:
-    # Token auth is on for a local head; every client must say so (README: "Token authentication").
-    return {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-
-
-@pytest.fixture(scope="module")
-def job_head():
-    """A Ray head started like `ray start --head` on a laptop: loopback only, 2 CPUs, dashboard and
-    job server on. It is a separate cluster from the tests' in-process one, stopped by signalling
-    its own process group (never `ray stop`, which would stop every cluster on the machine)."""
-    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths have a length limit
-    dash = _free_port()
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-           f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats",
-           # Every port of its own: the tests' in-process cluster is running beside it.
-           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-           f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-           f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}"]
-    head = subprocess.Popen(cmd, env=_cli_env(), start_new_session=True,
-                            stdout=open(Path(temp) / "head.log", "w"), stderr=subprocess.STDOUT)
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            if head.poll() is not None:
-                raise RuntimeError(f"ray start exited: {(Path(temp) / 'head.log').read_text()[-2000:]}")
-            probe = subprocess.run([str(VENV_BIN / "ray"), "job", "list", "--address", address],
-                                   env=_cli_env(), capture_output=True, text=True)
-            if probe.returncode == 0:
-                break
-            if time.time() > deadline:
-                raise RuntimeError(f"job server not up: {probe.stderr[-2000:]}")
-            time.sleep(2)
-        yield address
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _ray_job(address: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     command, *rest = args  # the address goes before any `--`: what follows it is the entrypoint
     result = subprocess.run([str(VENV_BIN / "ray"), "job", command, "--address", address, *rest],
-                            env=_cli_env(), capture_output=True, text=True, cwd=REPO)
+                            env=cli_env(), capture_output=True, text=True, cwd=REPO)
     if check and result.returncode != 0:
         raise AssertionError(f"ray job {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
@@ -103,7 +48,7 @@ def _submit_and_wait(address: str, entrypoint: list[str], timeout: float = 900):
              f"print(C({address!r}).get_job_status({job_id!r}).value)")
     deadline = time.time() + timeout
     while time.time() < deadline:
-        reply = subprocess.run([sys.executable, "-c", probe], env=_cli_env(), capture_output=True, text=True)
+        reply = subprocess.run([sys.executable, "-c", probe], env=cli_env(), capture_output=True, text=True)
         status = reply.stdout.strip().splitlines()[-1] if reply.returncode == 0 else ""
         if status in ("SUCCEEDED", "FAILED", "STOPPED"):
             return status, _ray_job(address, "logs", job_id).stdout
@@ -129,7 +74,7 @@ def _markdown_table(md: str, first_header: str) -> dict[str, dict[str, str]]:
     return rows
 
 
-def test_pipeline_job_fails_then_resumes_and_reports(job_head, tmp_path):
+def test_pipeline_job_fails_then_resumes_and_reports(ray_head, tmp_path):
     run_dir = tmp_path / "run"
     entrypoint = [
         "python", "jobs/pipeline.py", "--run-dir", str(run_dir), "--limit", "4",
@@ -140,14 +85,14 @@ def test_pipeline_job_fails_then_resumes_and_reports(job_head, tmp_path):
         # so the job fails; the second submission must pick up from the step-2 checkpoint.
         "-o", "train.max_failures=0", "-o", "pipeline.kill_worker={stage: train_full, step: 3}",
     ]
-    status, logs = _submit_and_wait(job_head, entrypoint)
+    status, logs = _submit_and_wait(ray_head.dashboard, entrypoint)
     assert status == "FAILED", logs[-3000:]
     stages = run_dir / "stages"
     assert {p.stem for p in stages.glob("*.json")} == {"prepare", "pretrain_prepare", "pretrain", "evaluate_base"}
     assert (stages / "train_full.worker_killed").is_file()
     assert _steps(run_dir / "train" / "full" / "metrics.jsonl") == [1, 2, 3]
 
-    status, logs = _submit_and_wait(job_head, entrypoint)
+    status, logs = _submit_and_wait(ray_head.dashboard, entrypoint)
     assert status == "SUCCEEDED", logs[-3000:]
     for stage in ("prepare", "pretrain_prepare", "pretrain", "evaluate_base"):
         assert f"[pipeline] {stage}: already finished" in logs

@@ -18,6 +18,7 @@ from med42_ray.eval.prompts import Request, build_request
 from med42_ray.eval.runner import Event, ModelJob, RunnerSettings, run_jobs
 from med42_ray.layout import EvalDir, eval_dir_for
 from med42_ray.paths import resolve_path
+from med42_ray.ray_metrics import EvalProgressMetrics
 
 if TYPE_CHECKING:  # annotations only: a stage never imports the config composition at run time
     from med42_ray.config import RunConfig
@@ -53,10 +54,12 @@ def select_items(benches: dict[str, list[BenchmarkItem]], limit: int | None):
 
 class Progress:
     """One bar per benchmark: questions done (over all models). Without bars (logs, CI), one line
-    every `every` seconds."""
+    every `every` seconds. With `metrics`, the same counts go to the dashboard's Prometheus."""
 
-    def __init__(self, totals: dict[str, int], enabled: bool, every: float = 30.0):
+    def __init__(self, totals: dict[str, int], enabled: bool, every: float = 30.0,
+                 metrics: EvalProgressMetrics | None = None):
         self.bars, self.totals, self.done = {}, totals, collections.Counter()
+        self.metrics = metrics
         self.every, self.last = every, time.monotonic()
         if enabled:
             from tqdm.auto import tqdm
@@ -66,6 +69,8 @@ class Progress:
 
     def update(self, counts: collections.Counter) -> None:
         self.done.update(counts)
+        if self.metrics is not None:
+            self.metrics.record(self.done)
         for name, n in counts.items():
             if name in self.bars:
                 self.bars[name].update(n)
@@ -131,7 +136,8 @@ def run_evaluate(cfg: RunConfig, adapter: str | None = None,
           f"protocol {ecfg.protocol}" + (f", also {', '.join(protocols[1:])}" if protocols[1:] else ""), flush=True)
 
     connect(cfg.ray)
-    progress = Progress({n: len(v) * len(models) * len(protocols) for n, v in items.items()}, ecfg.progress)
+    totals = {n: len(v) * len(models) * len(protocols) for n, v in items.items()}
+    progress = Progress(totals, ecfg.progress, metrics=EvalProgressMetrics(str(out.root), totals))
 
     def event(ev: Event) -> None:
         if not ev.retried:

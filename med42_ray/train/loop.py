@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 
+from med42_ray.ray_metrics import TrainStepMetrics
 from med42_ray.train import checkpointing
 from med42_ray.train.checkpointing import TrainState
 from med42_ray.train.config import TrainConfig
@@ -66,6 +67,7 @@ class _Worker:
     # can also stop the run early, without export); see med42_ray/sweep/validation.py.
     validate: Any | None        # a med42_ray.sweep.validation.Validation
     metrics_log: MetricsLog | None  # rank 0 only
+    step_metrics: TrainStepMetrics | None  # rank 0 only: the dashboard's Prometheus figures
     model_flops: float          # per token
     peak: float | None          # FLOP/s of one worker; None: no MFU
     started_at: float           # time.time() when the driver started the run (wall_s counts from it)
@@ -99,6 +101,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     w = _Worker(cfg, job, rank, world, device, engine, built,
                 step_hook=config.get("step_hook"), validate=config.get("validate"),
                 metrics_log=MetricsLog(job.outputs.metrics, state.step) if rank == 0 else None,
+                step_metrics=TrainStepMetrics(cfg.run_name) if rank == 0 else None,
                 model_flops=_model_flops(engine, job.seq_len), peak=peak_flops(cfg.peak_tflops),
                 started_at=config["started_at"],
                 checkpoint_tag=f"resumed{int(config['started_at'])}" if fell_back else "")
@@ -312,6 +315,7 @@ def _record(w: _Worker, state: TrainState, row: dict, forced: bool, with_checkpo
     """Write the row to metrics.jsonl (rank 0); report to Ray Train when due (see `_report_due`)."""
     if w.metrics_log is not None:
         w.metrics_log.write(row)
+        w.step_metrics.record(row)
         if not w.first_step_logged:
             w.first_step_logged = True
             print(f"[med42-ray] step {row['step']} done {row['wall_s']:.1f}s after the run started (data "
