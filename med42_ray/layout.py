@@ -6,6 +6,7 @@
     <run_dir>/train/<strategy>/            metrics.jsonl, run_info.json, model/ or adapter/ + merged/
     <run_dir>/ray_results/                 Ray Train checkpoints (unless train.storage_path is set)
     <run_dir>/eval/                        evaluate: results.json, comparison.*, <model>/results.json + samples/
+                                           + lm-eval's results_<date>.json, samples_<task>_<date>.jsonl
                                            (the headline protocol), protocols/<name>/ (each of
                                            evaluate.also_protocols, the same layout inside)
     <run_dir>/eval/<label>/                the pipeline's evaluation of base, full, lora (same layout inside)
@@ -100,6 +101,13 @@ class EvalDir:
 
     def samples(self, name: str, benchmark: str) -> Path:
         return self.model(name) / "samples" / f"{benchmark}.jsonl"
+
+    def lm_eval_files(self, name: str) -> list[Path]:
+        """The model's lm-evaluation-harness files on disk: lm-eval's EvaluationTracker, given
+        model_results (a .json path), writes results_<date>.json and samples_<task>_<date>.jsonl
+        beside it, so <eval>/ reads as an lm-eval --output_path (eval/lm_eval_format.py)."""
+        folder = self.model(name)
+        return sorted([*folder.glob("results_*.json"), *folder.glob("samples_*_*.jsonl")])
 
     @property
     def protocols_root(self) -> Path:

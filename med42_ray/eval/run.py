@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from med42_ray.benchmarks import BENCHMARKS, BenchmarkItem, load_benchmarks
+from med42_ray.eval import lm_eval_format
 from med42_ray.eval import results as res
 from med42_ray.eval.config import EvalModel
 from med42_ray.eval.prompts import Request, build_request
@@ -200,6 +201,8 @@ def _write_protocol(dest: EvalDir, protocol: str, common: dict, models: list[Eva
         model_result = {"model": m.path, "adapter": m.adapter, "protocol": protocol,
                         "benchmarks": per_benchmark, "aggregates": res.aggregate(per_benchmark, samples)}
         res.write_json(dest.model_results(m.name), model_result)
+        lm_eval_format.write_model(dest, m, protocol, summary["protocol_description"], requests, scored[m.name],
+                                   samples, model_result, common["limit"], common["seconds"])
         summary["models"][m.name] = model_result
     res.write_json(dest.summary, summary)
 
