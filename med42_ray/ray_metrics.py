@@ -55,6 +55,12 @@ class TrainStepMetrics:
                 gauge.set(float(row[key]), tags=self.tags)
 
 
+def _ascii_tag(value: str) -> str:
+    """Ray's metrics take ASCII tag values only (a non-ASCII one raises UnicodeEncodeError): an
+    output folder like /runs/évaluation becomes /runs/\\xe9valuation."""
+    return value.encode("ascii", "backslashreplace").decode("ascii")
+
+
 class EvalProgressMetrics:
     """Questions done per benchmark and questions per second of one `evaluate`."""
 
@@ -62,7 +68,7 @@ class EvalProgressMetrics:
         from ray.util.metrics import Gauge
 
         self.started = time.monotonic()
-        self.evaluation = evaluation
+        self.evaluation = evaluation = _ascii_tag(evaluation)
         keys = ("evaluation", "benchmark")
         self.done = Gauge(EVAL_DONE, description="Questions scored so far", tag_keys=keys)
         total = Gauge(EVAL_TOTAL, description="Questions to score", tag_keys=keys)
