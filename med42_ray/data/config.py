@@ -12,10 +12,24 @@ from med42_ray.strict_model import StrictModel, require_unique
 
 class SourceConfig(StrictModel):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="short name used in ids and the manifest")
-    path: str = Field(..., description="a file, or a glob of files, in the source's format")
+    path: str = Field(..., description="a file, a glob of files, a directory or a datasets save_to_disk folder, "
+                                       "local or under a URI (s3://bucket/dir/*.jsonl, gs://..., any pyarrow filesystem)")
     format: str = Field(..., description="reader to use; see `med42_ray.data.readers.READERS`")
     weight: float = Field(1.0, ge=0, description="<1 samples that fraction, >1 repeats (2.5 = 2 copies + half a third)")
     domain: Literal["medical", "general"] = "medical"
+
+    @field_validator("path")
+    @classmethod
+    def _no_secret_in_uri(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        from med42_ray.data.filesystems import is_uri
+
+        if is_uri(v) and urlsplit(v).password is not None:
+            raise ValueError("the URI holds a password, and the path is written to the manifest as given; "
+                             "give credentials through the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                             "GOOGLE_APPLICATION_CREDENTIALS, ...) instead")
+        return v
 
     @field_validator("format")
     @classmethod

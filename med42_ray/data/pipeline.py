@@ -75,9 +75,9 @@ def plan_prepare(cfg: RunConfig) -> PreparePlan:
     for src in p.sources:
         try:
             found = source_files(src.path, src.format)
-        except (FileNotFoundError, ValueError) as e:
+            tasks += plan_read_tasks(found.read, src.format, src.name)
+        except (OSError, ValueError) as e:  # OSError: also a remote store that refuses or cannot be reached
             raise ConfigError(f"source {src.name!r}: {e}") from None
-        tasks += plan_read_tasks(found.read, src.format, src.name)
         files[src.name] = {"read": [str(f) for f in found.read],
                            "skipped": [{"file": str(f), "why": why} for f, why in found.skipped]}
         if found.skipped:  # a directory source: say what was left out, before anything runs

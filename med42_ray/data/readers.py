@@ -4,9 +4,10 @@ Each yielded dict has exactly the keys
 
     id      f"{source}:{file stem}:{row}"
     source  the source's name in the config
-    file    the file's path, as a string
-    row     1-based: the line a record starts on (JSON lines, CSV), or the element's position in a
-            JSON container (array, dict, HEAD-QA's exams); 0 for a whole-file problem
+    file    the file's path, as a string (a URI for a remote file, without its query)
+    row     1-based: the line a record starts on (JSON lines, CSV), the element's position in a
+            JSON container (array, dict, HEAD-QA's exams) or the row's in a Parquet/Arrow file;
+            0 for a whole-file problem
     messages  [{"role", "content"}, ...] ending with the assistant's answer; [] when rejected
     reject  None, or a short reason code ("malformed_json", "missing_field", "needs_image", ...)
     detail  None, or a message for a person, naming the field ("field 'output' is empty")
@@ -19,7 +20,9 @@ into one field, and kept it would become thousands of training sequences (a JSON
 is read past in blocks, so even a gigabyte one never sits in a worker's memory).
 
 A source's path is a file, a glob, or a directory: `source_files` reads a directory's own files
-of the format and lists every other entry with why it was not read (see `_skip_reason`).
+of the format and lists every other entry with why it was not read (see `_skip_reason`). Files are
+JSON, CSV, Parquet or Arrow (a `datasets.save_to_disk` folder; see `arrow_files`), on the local disk
+or under any URI pyarrow has a filesystem for (s3://, gs://, ...; see `filesystems`).
 
 Two layers keep this readable:
 - a *row mapper* per format, `raw row -> messages`, raising `ParseError` (a reason code and a detail); the
@@ -36,7 +39,6 @@ start on record boundaries, with their first line number, so many workers read o
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import re
 from dataclasses import dataclass
@@ -45,10 +47,11 @@ from typing import Any, Callable, Iterator
 
 import ijson
 
+from med42_ray.data import arrow_files, filesystems as fsys
+from med42_ray.data.filesystems import Location, RemoteFile
 from med42_ray.parsers import (MultipleChoice, ParseError, headqa_exam_questions, items, optional_text, parse_headqa,
                                parse_medmcqa, parse_medqa, parse_mmlu, parse_pubmedqa, parse_usmle_inline, record,
                                text)
-from med42_ray.paths import resolve_path
 from med42_ray.records import ROLES, format_mc_answer, format_multiple_choice
 
 MiB = 1 << 20
@@ -225,13 +228,13 @@ def get_reader(fmt: str) -> Reader:
 # Output rows
 # --------------------------------------------------------------------------------------------
 
-def _out(source: str, path: Path, row: int, messages: list[dict] | None = None,
+def _out(source: str, path: Location, row: int, messages: list[dict] | None = None,
          reject: str | None = None, detail: str | None = None) -> dict:
     return {"id": f"{source}:{path.stem}:{row}", "source": source, "file": str(path), "row": row,
             "messages": messages or [], "reject": reject, "detail": detail}
 
 
-def _mapped(reader: Reader, source: str, path: Path, row: int, raw: Any) -> dict:
+def _mapped(reader: Reader, source: str, path: Location, row: int, raw: Any) -> dict:
     """Apply a format's mapper; any failure becomes a reject dict, never an exception."""
     try:
         return _out(source, path, row, reader.to_messages(raw if reader.layout == "csv" else record(raw)))
@@ -245,9 +248,9 @@ def _mapped(reader: Reader, source: str, path: Path, row: int, raw: Any) -> dict
 # Line-based layouts (JSON lines, CSV): byte ranges that start on a record boundary
 # --------------------------------------------------------------------------------------------
 
-def _first_byte(path: Path) -> bytes:
+def _first_byte(path: Location) -> bytes:
     """The first non-whitespace byte ('' for an empty file): '[' means a JSON array."""
-    with open(path, "rb") as f:
+    with fsys.open_input(path) as f:
         while chunk := f.read(4096):
             stripped = chunk.lstrip(b" \t\r\n\xef\xbb\xbf")  # whitespace and a UTF-8 BOM
             if stripped:
@@ -255,18 +258,20 @@ def _first_byte(path: Path) -> bytes:
     return b""
 
 
-def _is_line_based(path: Path, layout: str) -> bool:
+def _is_line_based(path: Location, layout: str) -> bool:
+    if arrow_files.container(path):
+        return False
     return layout == "csv" or (layout == "records" and _first_byte(path) != b"[")
 
 
-def _line_starts(path: Path, target_bytes: int) -> list[tuple[int, int]]:
+def _line_starts(path: Location, target_bytes: int) -> list[tuple[int, int]]:
     """(byte offset, 1-based line number) of each range start of a JSON-lines file, ranges of
     at least target_bytes, each starting just after a newline (JSON escapes newlines inside
     strings, so every line is a record). One pass of bytes.find/bytes.count: no parsing."""
     starts = [(0, 1)]
-    size = path.stat().st_size
+    size = fsys.size(path)
     next_cut, pos, lines = target_bytes, 0, 0
-    with open(path, "rb") as f:
+    with fsys.open_input(path) as f:
         while block := f.read(_BLOCK):
             counted = 0  # bytes of `block` whose newlines are in `lines`
             while pos + len(block) > next_cut:
@@ -283,9 +288,9 @@ def _line_starts(path: Path, target_bytes: int) -> list[tuple[int, int]]:
     return starts
 
 
-def _iter_lines(path: Path, start: int, end: int, first_line: int) -> Iterator[tuple[int, bytes]]:
+def _iter_lines(path: Location, start: int, end: int, first_line: int) -> Iterator[tuple[int, bytes]]:
     """(line number, raw line) for the lines that start in [start, end)."""
-    with open(path, "rb") as f:
+    with fsys.open_input(path) as f:
         f.seek(start)
         offset, number = start, first_line
         for line in f:
@@ -296,11 +301,11 @@ def _iter_lines(path: Path, start: int, end: int, first_line: int) -> Iterator[t
             number += 1
 
 
-def _iter_limited_lines(path: Path, start: int, end: int, first_line: int,
+def _iter_limited_lines(path: Location, start: int, end: int, first_line: int,
                         limit: int) -> Iterator[tuple[int, bytes | int]]:
     """Like `_iter_lines`, but a line longer than `limit` bytes comes as its size (an int), read
     past in blocks rather than held."""
-    with open(path, "rb") as f:
+    with fsys.open_input(path) as f:
         f.seek(start)
         offset, number = start, first_line
         while offset < end:
@@ -335,7 +340,7 @@ def _decode(line: bytes, number: int) -> str:
 def _iter_json_lines(task: dict) -> Iterator[tuple[int, Any, str | None, str | None]]:
     """(line, parsed row, reject, detail); blank lines are skipped but still counted."""
     limit = task.get("max_row_bytes", MAX_ROW_BYTES)
-    for number, line in _iter_limited_lines(Path(task["path"]), task["start"], task["end"], task["first_line"],
+    for number, line in _iter_limited_lines(fsys.from_task(task), task["start"], task["end"], task["first_line"],
                                             limit):
         if isinstance(line, int):
             yield number, None, "oversized_row", _oversized(line, limit)
@@ -371,13 +376,13 @@ class _CountedLines:
             yield text.lstrip("\ufeff") if number == 1 else text
 
 
-def _csv_record_starts(path: Path, target_bytes: int) -> list[tuple[int, int]]:
+def _csv_record_starts(path: Location, target_bytes: int) -> list[tuple[int, int]]:
     """Like `_line_starts` for CSV, whose quoted fields may hold newlines (MMLU's do), and whose
     unquoted fields may hold stray quotes (MMLU's do too), so only csv.reader itself knows where a
     record ends: planning parses the file once (in C) and cuts after a record."""
     starts = [(0, 1)]
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    size = fsys.size(path)
+    with fsys.open_input(path) as f:
         lines = _CountedLines(enumerate(f, start=1), 0, 0)
         next_cut = target_bytes
         try:
@@ -392,7 +397,7 @@ def _csv_record_starts(path: Path, target_bytes: int) -> list[tuple[int, int]]:
 
 def _iter_csv(task: dict) -> Iterator[tuple[int, Any, str | None, str | None]]:
     """(line the record starts on, fields, reject, detail)."""
-    lines = _CountedLines(_iter_lines(Path(task["path"]), task["start"], task["end"], task["first_line"]),
+    lines = _CountedLines(_iter_lines(fsys.from_task(task), task["start"], task["end"], task["first_line"]),
                           task["start"], task["first_line"] - 1)
     reader = csv.reader(lines)
     while True:
@@ -434,7 +439,7 @@ _EXPECTED_TOP = {"records": b"[", "dict_values": b"{", "headqa": b"{"}
 
 
 def _iter_json_document(task: dict, layout: str) -> Iterator[tuple[int, Any, str | None, str | None]]:
-    path = Path(task["path"])
+    path = fsys.from_task(task)
     top = _first_byte(path)
     if not top:
         return  # an empty file: the caller reports it once
@@ -443,7 +448,7 @@ def _iter_json_document(task: dict, layout: str) -> Iterator[tuple[int, Any, str
         return
     n = 0
     limit = task.get("max_row_bytes", MAX_ROW_BYTES)
-    with open(path, "rb") as f:
+    with fsys.open_input(path) as f:
         try:
             for n, element in enumerate(_json_elements(f, layout), start=1):
                 size = _text_bytes(element)
@@ -484,42 +489,69 @@ def _first_line(e: Exception) -> str:
 # Public API
 # --------------------------------------------------------------------------------------------
 
-def _check_file(path: Path) -> None:
-    if not path.is_file():
+def _check_file(path: Location) -> None:
+    if fsys.kind(path) != "file":
         raise FileNotFoundError(f"source file not found: {path}")
 
 
-def plan_read_tasks(paths: list[Path], fmt: str, source: str, target_bytes: int = 64 * MiB,
+def _check_container(path: Location, container: str, fmt: str) -> None:
+    """Parquet and Arrow hold records; MMLU's mapper takes a CSV row (a list of fields)."""
+    if get_reader(fmt).layout == "csv":
+        raise ValueError(f"{path}: format {fmt!r} reads CSV rows (lists of fields), not {container} records")
+
+
+def _location(path: Location | str) -> Location:
+    return path if isinstance(path, (Path, RemoteFile)) else fsys.locate(str(path))
+
+
+def plan_read_tasks(paths: list[Location | str], fmt: str, source: str, target_bytes: int = 64 * MiB,
                     max_row_bytes: int = MAX_ROW_BYTES) -> list[dict]:
     """Split the files of one source into JSON-serialisable read tasks for `iter_task`.
 
     Line-based files are cut into ranges of about `target_bytes` starting on record boundaries,
-    each with its first line number; a JSON document is one task (it streams with ijson). A row
-    larger than `max_row_bytes` is rejected unread."""
+    each with its first line number; a JSON document is one task (it streams with ijson), and so
+    is a line-based file on a remote filesystem (its cut points would need the whole file read on
+    the driver). A Parquet file is one task per row group, an Arrow file one task (see
+    `arrow_files`). A row larger than `max_row_bytes` is rejected unread."""
     reader = get_reader(fmt)
     if target_bytes < 1:
         raise ValueError(f"target_bytes must be positive, got {target_bytes}")
     tasks = []
-    for path in map(Path, paths):
+    for path in map(_location, paths):
         _check_file(path)
-        size = path.stat().st_size
-        base = {"path": str(path), "fmt": fmt, "source": source, "max_row_bytes": max_row_bytes}
+        base = {**fsys.to_task(path), "fmt": fmt, "source": source, "max_row_bytes": max_row_bytes}
+        if arrow_files.container(path):
+            _check_container(path, arrow_files.container(path), fmt)
+            tasks += arrow_files.plan(path, base)
+            continue
+        size = fsys.size(path)
         if not _is_line_based(path, reader.layout):
             tasks.append({**base, "start": 0, "end": size, "first_line": 1, "whole_file": True})
             continue
-        starts = (_csv_record_starts if reader.layout == "csv" else _line_starts)(path, target_bytes)
+        cut = target_bytes if isinstance(path, Path) else 1 << 62
+        starts = (_csv_record_starts if reader.layout == "csv" else _line_starts)(path, cut)
         ends = [s for s, _ in starts[1:]] + [size]
         for (start, line), end in zip(starts, ends):
             tasks.append({**base, "start": start, "end": end, "first_line": line, "whole_file": len(starts) == 1})
     return tasks
 
 
+def _iter_table_rows(task: dict) -> Iterator[tuple[int, Any, str | None, str | None]]:
+    """Parquet/Arrow rows, with the same size limit as a JSON element."""
+    limit = task.get("max_row_bytes", MAX_ROW_BYTES)
+    for row, raw, reject, detail in arrow_files.iter_rows(task):
+        size = _text_bytes(raw) if reject is None else 0
+        yield (row, None, "oversized_row", _oversized(size, limit)) if size > limit else (row, raw, reject, detail)
+
+
 def iter_task(task: dict) -> Iterator[dict]:
     """Read one task from `plan_read_tasks`: one output dict per raw row (see the module doc)."""
     reader = get_reader(task["fmt"])
-    path, source = Path(task["path"]), task["source"]
+    path, source = fsys.from_task(task), task["source"]
     _check_file(path)
-    if not _is_line_based(path, reader.layout):
+    if task.get("container"):
+        raw_rows = _iter_table_rows(task)
+    elif not _is_line_based(path, reader.layout):
         raw_rows = _iter_json_document(task, reader.layout)
     elif reader.layout == "csv":
         raw_rows = _iter_csv(task)
@@ -535,24 +567,20 @@ def iter_task(task: dict) -> Iterator[dict]:
         yield _out(source, path, 0, reject="empty_file", detail=f"{path} has no rows")
 
 
-def iter_rows(path: Path, fmt: str, source: str) -> Iterator[dict]:
+def iter_rows(path: Location | str, fmt: str, source: str) -> Iterator[dict]:
     """Read a whole file, in order (the serial equivalent of all of its tasks)."""
-    for task in plan_read_tasks([Path(path)], fmt, source, target_bytes=1 << 62):
+    for task in plan_read_tasks([path], fmt, source, target_bytes=1 << 62):
         yield from iter_task(task)
 
 
-def expand_source_paths(pattern: str) -> list[Path]:
-    """A file, or a glob of files ('**' allowed; 'pkg://' for files shipped in the package),
-    sorted. A file that exists is taken as named, even if its name holds glob characters
-    ('run [v2]/a.json'). Raises FileNotFoundError naming the pattern when nothing matches."""
-    resolved = str(resolve_path(pattern))
-    if Path(resolved).is_file():
-        paths = [Path(resolved)]
-    elif glob.has_magic(resolved):
-        paths = sorted(Path(p) for p in glob.glob(resolved, recursive=True) if Path(p).is_file())
-    else:
-        paths = []
+def expand_source_paths(pattern: str) -> list[Location]:
+    """A file, or a glob of files ('**' allowed; 'pkg://' for files shipped in the package; a URI
+    such as 's3://bucket/dir/*.jsonl' for any filesystem pyarrow knows), sorted. A file that exists
+    is taken as named, even if its name holds glob characters ('run [v2]/a.json'). Raises
+    FileNotFoundError naming the pattern when nothing matches."""
+    paths = fsys.expand(pattern)
     if not paths:
+        resolved = str(fsys.locate(pattern))
         raise FileNotFoundError(f"no file matches source path {pattern!r}" +
                                 (f" (resolved to {resolved})" if resolved != pattern else ""))
     return paths
@@ -568,38 +596,56 @@ _DOC_NAMES = {"readme", "license", "licence", "copying", "notice", "citation", "
 
 @dataclass(frozen=True)
 class SourceFiles:
-    read: list[Path]
-    skipped: list[tuple[Path, str]]  # (entry of a directory source, why it was not read)
+    read: list[Location]
+    skipped: list[tuple[Location, str]]  # (entry of a directory source, why it was not read)
 
 
 def source_files(pattern: str, fmt: str) -> SourceFiles:
-    """The files a source reads. A file or a glob: those files. A directory: its own files of
-    the format (by name: .json/.jsonl for JSON formats, .csv for MMLU); every other entry is
+    """The files a source reads. A file or a glob: those files. A `datasets.save_to_disk` folder:
+    its Arrow data files. A directory: its own files of the format (by name: .json/.jsonl for JSON
+    formats, .csv for MMLU; its .parquet files when it holds no such file); every other entry is
     skipped with why, for the manifest. A file that may hold rows but whose name does not say
     their format raises ValueError naming it: reading it could garble its rows, skipping it lose
-    them. Nothing that matches raises FileNotFoundError."""
-    resolved = resolve_path(pattern)
-    if not resolved.is_dir():
+    them. Nothing that matches raises FileNotFoundError. Local or remote alike (see filesystems)."""
+    resolved = fsys.locate(pattern)
+    if fsys.kind(resolved) != "dir":
         return SourceFiles(expand_source_paths(pattern), [])
-    suffixes = LAYOUT_SUFFIXES[get_reader(fmt).layout]
+    entries = fsys.list_dir(resolved)
+    saved = arrow_files.save_to_disk_files(resolved, entries)
+    if saved is not None:
+        _check_container(resolved, "datasets save_to_disk", fmt)
+        return SourceFiles(saved, [])
+    suffixes = _directory_suffixes(fmt, entries)
     read, skipped = [], []
-    for entry in sorted(resolved.iterdir()):
-        if entry.is_file() and entry.suffix.lower() in suffixes and not entry.name.startswith("."):
+    for entry, kind in entries:
+        if kind == "file" and entry.suffix.lower() in suffixes and not entry.name.startswith("."):
             read.append(entry)
         else:
-            skipped.append((entry, _skip_reason(entry, fmt, suffixes)))
+            skipped.append((entry, _skip_reason(entry, kind, fmt, suffixes)))
     if not read:
         raise FileNotFoundError(f"source directory {pattern!r} holds no {'/'.join(suffixes)} file for format "
                                 f"{fmt!r}" + "".join(f"; {p.name}: {why}" for p, why in skipped[:5]))
     return SourceFiles(read, skipped)
 
 
-def _skip_reason(entry: Path, fmt: str, suffixes: tuple[str, ...]) -> str:
+def _directory_suffixes(fmt: str, entries: list[tuple[Location, str]]) -> tuple[str, ...]:
+    """The format's text files; Parquet only where there are none: a download that carries both
+    carries the same rows twice (Hugging Face's Parquet conversion beside the original JSON)."""
+    layout = get_reader(fmt).layout
+    suffixes = LAYOUT_SUFFIXES[layout]
+    names = [e.name for e, kind in entries if kind == "file" and not e.name.startswith(".")]
+    has_text = any(n.lower().endswith(suffixes) for n in names)
+    if layout != "csv" and not has_text and any(n.lower().endswith(".parquet") for n in names):
+        return (".parquet",)
+    return suffixes
+
+
+def _skip_reason(entry: Location, kind: str, fmt: str, suffixes: tuple[str, ...]) -> str:
     if entry.name.startswith("."):
         return "hidden (its name starts with '.')"
-    if entry.is_dir():
+    if kind == "dir":
         return "subdirectory: not read (a glob such as dir/**/*.json reads into subdirectories)"
-    if not entry.is_file():
+    if kind != "file":
         return "not a regular file"
     if entry.suffix.lower() in _DOC_SUFFIXES or entry.stem.lower() in _DOC_NAMES:
         return "documentation, not data"
