@@ -6,6 +6,7 @@ import collections
 import json
 import logging
 import re
+import sys
 import time
 import unicodedata
 from pathlib import Path
@@ -54,15 +55,16 @@ def select_items(benches: dict[str, list[BenchmarkItem]], limit: int | None):
 
 
 class Progress:
-    """One bar per benchmark: questions done (over all models). Without bars (logs, CI), one line
-    every `every` seconds. With `metrics`, the same counts go to the dashboard's Prometheus."""
+    """One bar per benchmark on a terminal: questions done (over all models). Elsewhere (a job log,
+    CI) or with bars off, one line every `every` seconds and one at the end. With `metrics`, the
+    same counts go to the dashboard's Prometheus."""
 
     def __init__(self, totals: dict[str, int], enabled: bool, every: float = 30.0,
                  metrics: EvalProgressMetrics | None = None):
         self.bars, self.totals, self.done = {}, totals, collections.Counter()
         self.metrics = metrics
         self.every, self.last = every, time.monotonic()
-        if enabled:
+        if enabled and sys.stderr.isatty():  # in a log (a job, CI) tqdm's redraws are a wall of lines
             from tqdm.auto import tqdm
 
             for pos, (name, total) in enumerate(totals.items()):
@@ -77,12 +79,16 @@ class Progress:
                 self.bars[name].update(n)
         if not self.bars and time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()
-            print("questions done: " + ", ".join(f"{n} {self.done[n]}/{t}" for n, t in self.totals.items()),
-                  flush=True)
+            self._line()
+
+    def _line(self) -> None:
+        print("questions done: " + ", ".join(f"{n} {self.done[n]}/{t}" for n, t in self.totals.items()), flush=True)
 
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+        if not self.bars:
+            self._line()
 
 
 Pairs = dict[str, list[tuple[BenchmarkItem, Request]]]  # benchmark -> (item, its request) in order

@@ -52,8 +52,11 @@ class ScoringActor:
 
     def __init__(self, path: str, adapter: str | None, dtype: str, max_batch_tokens: int,
                  max_length: int | None, threads: int | None = None):
+        from transformers.utils import logging as hf_logging
+
         if threads:
             torch.set_num_threads(threads)  # one actor per CPU slot: do not oversubscribe
+        hf_logging.disable_progress_bar()  # an actor's output is a job log: no "Loading weights" bar redraws
         tokenizer, model = load_model(path, adapter, dtype)
         self.scorer = Scorer(model, tokenizer, max_length=max_length, max_batch_tokens=max_batch_tokens)
 

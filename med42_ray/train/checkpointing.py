@@ -255,11 +255,12 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 def resume_line(path: str, step: int, epoch: int, broken: list[tuple[str, str]]) -> str:
-    """The one line a resume prints; it names the broken checkpoints it passed over, if any."""
+    """The one line a resume prints (after progress.PREFIX); it names the broken checkpoints it
+    passed over, if any."""
     if not broken:
-        return f"[med42-ray] resumed from checkpoint {path}: step {step}, epoch {epoch}"
+        return f"resumed from checkpoint {path}: step {step}, epoch {epoch}"
     skipped = "; ".join(f"{p} is broken: {why}" for p, why in broken)
-    return (f"[med42-ray] checkpoint {skipped}; not loaded, resumed from the newest intact one instead, "
+    return (f"checkpoint {skipped}; not loaded, resumed from the newest intact one instead, "
             f"{path}: step {step}, epoch {epoch}")
 
 

@@ -106,6 +106,9 @@ class TrainConfig(StrictModel):
                             "Ray uploads (the local copy is deleted after upload)")
     max_failures: int = Field(2, ge=-1, description="restarts from the last checkpoint after a worker dies (-1: forever)")
     storage_path: str | None = Field(None, description="local dir or s3:// / gs:// URI (None: <run_dir>/ray_results)")
+    log_every_steps: int = Field(10, ge=0, description="rank 0 prints a progress line (step, epoch, loss, lr, "
+                                                       "tokens/s, elapsed, ETA) every N steps and at the last "
+                                                       "step (0: never)")
     run_name: str = Field("train", pattern=r"^[A-Za-z0-9_.-]+$",
                           description="Ray Train run name; rerunning the same name in the same storage resumes it")
 

@@ -35,6 +35,7 @@ from med42_ray.train.checkpointing import TrainState
 from med42_ray.train.config import TrainConfig
 from med42_ray.train.metrics import MetricsLog, flops_per_token, peak_flops
 from med42_ray.train.packing import PackedBatch, collate_packed, loss_sum
+from med42_ray.train.progress import ProgressLog, quiet_library_noise, say
 
 if TYPE_CHECKING:  # annotations only
     from med42_ray.train.strategies import BuiltModel
@@ -68,6 +69,7 @@ class _Worker:
     validate: Any | None        # a med42_ray.sweep.validation.Validation
     metrics_log: MetricsLog | None  # rank 0 only
     step_metrics: TrainStepMetrics | None  # rank 0 only: the dashboard's Prometheus figures
+    progress_log: ProgressLog | None  # rank 0 only: the job log's progress line
     model_flops: float          # per token
     peak: float | None          # FLOP/s of one worker; None: no MFU
     started_at: float           # time.time() when the driver started the run (wall_s counts from it)
@@ -85,6 +87,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     entered = time.time()
+    quiet_library_noise()
     cfg = TrainConfig.model_validate(config["train"])
     job: TrainJob = config["job"]  # planned on the driver (trainer.plan_job)
     ctx = ray.train.get_context()
@@ -102,6 +105,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 step_hook=config.get("step_hook"), validate=config.get("validate"),
                 metrics_log=MetricsLog(job.outputs.metrics, state.step) if rank == 0 else None,
                 step_metrics=TrainStepMetrics(cfg.run_name) if rank == 0 else None,
+                progress_log=ProgressLog(cfg.log_every_steps, job.total_steps, job.epochs,
+                                         config["started_at"]) if rank == 0 else None,
                 model_flops=_model_flops(engine, job.seq_len), peak=peak_flops(cfg.peak_tflops),
                 started_at=config["started_at"],
                 checkpoint_tag=f"resumed{int(config['started_at'])}" if fell_back else "")
@@ -152,8 +157,8 @@ def _setup_engine(cfg: TrainConfig, job: TrainJob, rank: int, world: int) -> tup
     engine, _, _, _ = deepspeed.initialize(model=built.model, model_parameters=groups, optimizer=optimizer,
                                            lr_scheduler=schedule, config=ds_config)
     if rank == 0:
-        print(f"[med42-ray] DeepSpeed distributed init in {t_dist - t0:.1f}s, model built in {t1 - t_dist:.1f}s, "
-              f"DeepSpeed engine in {time.perf_counter() - t1:.1f}s", flush=True)
+        say(f"DeepSpeed distributed init in {t_dist - t0:.1f}s, model built in {t1 - t_dist:.1f}s, "
+            f"DeepSpeed engine in {time.perf_counter() - t1:.1f}s")
     return engine, built
 
 
@@ -176,7 +181,7 @@ def _resume(engine, cfg: TrainConfig, rank: int, world: int) -> tuple[TrainState
             if found is None:
                 state = checkpointing.restore(engine, ckpt_dir, rank, world, lora=cfg.strategy == "lora")
                 if rank == 0:
-                    print(checkpointing.resume_line(ckpt.path, state.step, state.epoch, broken), flush=True)
+                    say(checkpointing.resume_line(ckpt.path, state.step, state.epoch, broken))
                 return state, bool(broken)
         broken.append((ckpt.path, found))
     raise checkpointing.CheckpointError(checkpointing.none_intact_message(broken))
@@ -318,9 +323,10 @@ def _record(w: _Worker, state: TrainState, row: dict, forced: bool, with_checkpo
         w.step_metrics.record(row)
         if not w.first_step_logged:
             w.first_step_logged = True
-            print(f"[med42-ray] step {row['step']} done {row['wall_s']:.1f}s after the run started (data "
-                  f"{row['data_wait_s']:.1f}s, compute {row['compute_s']:.1f}s; {w.world} worker(s) x "
-                  f"{torch.get_num_threads()} torch threads); start-up in run_info.json", flush=True)
+            say(f"step {row['step']} done {row['wall_s']:.1f}s after the run started (data "
+                f"{row['data_wait_s']:.1f}s, compute {row['compute_s']:.1f}s; {w.world} worker(s) x "
+                f"{torch.get_num_threads()} torch threads); start-up in run_info.json")
+        w.progress_log.step(row, time.time())
     w.unreported.append(row)
     if with_checkpoint or _report_due(w, forced):
         _report(w, state, _report_row(w.unreported), with_checkpoint)
