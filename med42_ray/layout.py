@@ -37,8 +37,11 @@ EXPORT_MODEL, EXPORT_ADAPTER, EXPORT_MERGED = "model", "adapter", "merged"
 PROTOCOLS_DIR = "protocols"
 
 
-def export_names(strategy: str) -> tuple[str, ...]:
-    return (EXPORT_MODEL,) if strategy == "full" else (EXPORT_ADAPTER, EXPORT_MERGED)
+def export_names(strategy: str, merged: bool = True) -> tuple[str, ...]:
+    """What `train` exports: full its model; LoRA its adapter and (train.export_merged) the merge."""
+    if strategy == "full":
+        return (EXPORT_MODEL,)
+    return (EXPORT_ADAPTER, EXPORT_MERGED) if merged else (EXPORT_ADAPTER,)
 
 
 def _at(*parts: str, kind: type | None = None) -> property:

@@ -44,6 +44,10 @@ def _job(cfg):
     return plan_job(cfg, manifest, count_rows(shards))
 
 
+def _manifest(cfg) -> dict:
+    return read_manifest(train_data_dir_for(cfg))[0]
+
+
 @pytest.fixture(scope="module")
 def full_run(sample_prepared, tmp_path_factory):
     """Full-parameter ZeRO-3, a checkpoint at every step, exported in small shards."""
@@ -205,9 +209,9 @@ def test_export_refuses_a_checkpoint_that_is_not_the_last_step(full_run):
     earlier = Path(result.checkpoint_path).parent / "step_00000001"
     assert export.checkpoint_step(Checkpoint.from_directory(str(earlier))) == 1
     with pytest.raises(CheckpointError, match="holds step 1, but the run's last step is 2"):
-        export.export_final_checkpoint(Checkpoint.from_directory(str(earlier)), cfg.train, _job(cfg))
+        export.export_final_checkpoint(Checkpoint.from_directory(str(earlier)), cfg.train, _job(cfg), _manifest(cfg))
     with pytest.raises(CheckpointError, match="left no checkpoint"):
-        export.export_final_checkpoint(None, cfg.train, _job(cfg))
+        export.export_final_checkpoint(None, cfg.train, _job(cfg), _manifest(cfg))
 
 
 def test_export_fails_when_no_node_has_its_resources(full_run):
@@ -215,4 +219,4 @@ def test_export_fails_when_no_node_has_its_resources(full_run):
     tcfg = cfg.train.model_copy(update={"export_resources": {"CPU": 1, "large_cpu_mem": 1},
                                         "export_node_wait_s": 0})
     with pytest.raises(ConfigError, match=r"export_resources .*lacks \{'large_cpu_mem': 1\.0\}"):
-        export.export_final_checkpoint(_final_checkpoint(result), tcfg, _job(cfg))
+        export.export_final_checkpoint(_final_checkpoint(result), tcfg, _job(cfg), _manifest(cfg))

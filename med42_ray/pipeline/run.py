@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 # cluster shape must still find its finished stages.
 OPERATIONAL_TRAIN_KEYS = {"scaling", "max_failures", "peak_tflops", "keep_checkpoints", "checkpoint_local_dir",
                           "checkpoint_upload", "export_resources", "export_max_shard_size", "export_node_wait_s",
-                          "report_every_s"}
+                          "export_merged", "report_every_s", "log_every_steps", "report_to", "tracking_experiment",
+                          "mlflow_tracking_uri", "wandb_mode"}
 OPERATIONAL_EVAL_KEYS = {"num_actors", "cpus_per_actor", "gpus_per_actor", "progress", "questions_per_task",
                          "max_batch_tokens", "max_task_retries", "output_dir", "models", "compare_with"}
 
@@ -137,7 +138,7 @@ class Pipeline:
             self.markers.dir.mkdir(parents=True, exist_ok=True)
         result = run_train(self.cfg.model_copy(update={"model": model, "train": tcfg}), step_hook=hook)
         last = result.metrics[-1] if result.metrics else {}
-        missing = [n for n in export_names(tcfg.strategy) if n not in result.exported]
+        missing = [n for n in export_names(tcfg.strategy, tcfg.export_merged) if n not in result.exported]
         if missing:
             raise RuntimeError(f"{stage}: training finished but did not export {', '.join(missing)} "
                                f"to {result.output_dir}")
@@ -153,6 +154,12 @@ class Pipeline:
             "output_dir": str(self.layout.eval(label).root), "compare_with": [],
             "progress": self.cfg.evaluate.progress and sys.stdout.isatty()})
         summary = run_evaluate(self.cfg.model_copy(update={"evaluate": ecfg}))
+        if label in self.cfg.pipeline.strategies:  # each export of that run: its card shows the evaluation
+            from med42_ray import model_card
+
+            for name, path in self.layout.train(label).exported(label).items():
+                if (path / model_card.FACTS_FILE).is_file():  # not an export trained before model cards
+                    model_card.write_card(path, name, [self.layout.eval_root.root])
         accuracy = {b: m["acc"] for b, m in summary["models"][label]["benchmarks"].items()}
         out = self.layout.eval(label)
         also = {p: str(out.protocol(p).summary) for p in ecfg.protocols[1:]}

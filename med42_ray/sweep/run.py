@@ -29,6 +29,7 @@ from med42_ray.layout import (EXPORT_ADAPTER, SweepDir, layout_for, storage_path
                               train_data_dir_for)
 from med42_ray.paths import resolve_path
 from med42_ray.sweep.validation import Validation
+from med42_ray.train.trackers import tune_callbacks
 
 if TYPE_CHECKING:  # annotations only: a stage never imports the config composition at run time
     from med42_ray.config import RunConfig
@@ -119,6 +120,7 @@ def run_trial(params: dict, base: RunConfig, validation: Validation, registry, r
     cfg = apply_params(base, params)
     cfg.train.output_dir = str(sweep_dir.trial(trial_id).root)
     cfg.train.run_name = f"{name}-{trial_id}"
+    cfg.train.report_to = []  # Tune's logger callbacks log each trial (trackers.tune_callbacks)
     relay_reports(relay, trial_id, lambda: run_train(
         cfg, callbacks=[forward_reports(relay, trial_id)],
         validate=replace(validation, stop_registry=registry, trial_id=trial_id)))
@@ -171,7 +173,7 @@ def run_sweep(cfg: RunConfig) -> SweepResult:
             search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=concurrent),
         ),
         run_config=tune.RunConfig(name=s.name, storage_path=base.train.storage_path, verbose=1,
-                                  callbacks=[RegisterStops(registry)]),
+                                  callbacks=[RegisterStops(registry), *tune_callbacks(cfg, sweep_dir.tune)]),
     )
     grid = tuner.fit()
 

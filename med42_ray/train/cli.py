@@ -1,4 +1,4 @@
-"""`med42-ray train` and `med42-ray plan`."""
+"""`med42-ray train`, `plan`, `merge` and `push`."""
 
 from __future__ import annotations
 
@@ -51,6 +51,52 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    """merge a LoRA adapter exported earlier into its base model (peft's merge_and_unload)
+
+    For an adapter trained with train.export_merged false, or copied from elsewhere: loads the base
+    peft recorded in the adapter's adapter_config.json (or --base), in the dtype the adapter was
+    saved in, merges, and writes the model as the export's merged/ is written (shards of
+    train.export_max_shard_size, the adapter's tokenizer and chat template, generation_config.json,
+    and the model card when the adapter is a med42-ray export).
+    """
+    from pathlib import Path
+
+    from med42_ray.cli import load_from_args
+    from med42_ray.layout import EXPORT_MERGED
+    from med42_ray.train.export import merge_adapter
+
+    cfg = load_from_args(args)
+    adapter = Path(args.adapter)
+    out = Path(args.out) if args.out else adapter.parent / EXPORT_MERGED
+    merge_adapter(adapter, out, base=args.base, max_shard_size=cfg.train.export_max_shard_size,
+                  trust_remote_code=cfg.train.trust_remote_code)
+    print(f"merged: {out}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """upload an exported model (model/, adapter/ or merged/) to the Hugging Face Hub
+
+    Writes the export's model card (README.md) again with the evaluations of that export found
+    under the run's evaluation directories (as model-index), then creates the repository if it is
+    new and uploads the folder with huggingface_hub. Token and endpoint are huggingface_hub's:
+    HF_TOKEN (or `hf auth login`) and HF_ENDPOINT.
+    """
+    from pathlib import Path
+
+    from med42_ray.cli import load_from_args
+    from med42_ray.hub import push
+    from med42_ray.layout import eval_dir_for, layout_for
+
+    cfg = load_from_args(args)
+    roots = list(dict.fromkeys([eval_dir_for(cfg).root, layout_for(cfg).eval_root.root]))
+    url = push(Path(args.export), args.repo_id, roots, private=args.private, revision=args.revision,
+               commit_message=args.message)
+    print(f"pushed {args.export} to {args.repo_id}: {url}")
+    return 0
+
+
 def register(sub) -> None:
     from med42_ray.cli import add_command, add_config_flag
 
@@ -73,3 +119,15 @@ def register(sub) -> None:
     q.add_argument("--peak-tflops", type=float, default=989.0, help="peak bf16 TFLOP/s per GPU (H100 SXM: 989)")
     q.add_argument("--seq-len", type=int, default=4096)
     q.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    m = add_command(sub, "merge", cmd_merge)
+    m.add_argument("adapter", help="the adapter directory (an export's adapter/)")
+    m.add_argument("--out", default=None, help="where the merged model goes (default: merged/ beside the adapter)")
+    m.add_argument("--base", default=None, help="the base model (default: the one adapter_config.json names)")
+
+    u = add_command(sub, "push", cmd_push)
+    u.add_argument("export", help="the exported model directory (model/, adapter/ or merged/)")
+    u.add_argument("--repo-id", required=True, help="the Hub repository, e.g. my-org/med42-lora")
+    u.add_argument("--private", action="store_true", help="create the repository private")
+    u.add_argument("--revision", default=None, help="branch to push to (default: main)")
+    u.add_argument("--message", default=None, help="commit message")

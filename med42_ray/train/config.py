@@ -109,12 +109,25 @@ class TrainConfig(StrictModel):
     log_every_steps: int = Field(10, ge=0, description="rank 0 prints a progress line (step, epoch, loss, lr, "
                                                        "tokens/s, elapsed, ETA) every N steps and at the last "
                                                        "step (0: never)")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers rank 0 logs each step and the config to "
+                                          "(train/trackers.py); mlflow and wandb need the 'trackers' extra")
+    tracking_experiment: str = Field("med42-ray", min_length=1,
+                                     description="MLflow experiment and W&B project the runs are logged under")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (None: MLFLOW_TRACKING_URI, else <run_dir>/mlruns)")
+    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="W&B mode (None: WANDB_MODE, else online); offline writes run files without an account")
     run_name: str = Field("train", pattern=r"^[A-Za-z0-9_.-]+$",
                           description="Ray Train run name; rerunning the same name in the same storage resumes it")
 
     scaling: ScalingSettings = ScalingSettings()
     peak_tflops: float | None = Field(None, gt=0, description="peak FLOP/s per worker for MFU (None: detect the GPU)")
-    export: bool = Field(True, description="save the trained model (full: weights; lora: adapter + merged)")
+    export: bool = Field(True, description="save the trained model, Hub-ready (full: model/; lora: adapter/ "
+                                           "and, with export_merged, merged/)")
+    export_merged: bool = Field(
+        True, description="LoRA: also write the adapter merged into the base (merged/, a full copy of the model); "
+                          "false: the adapter alone (`med42-ray merge` merges it later)")
     export_resources: dict[str, float] = Field(
         default_factory=lambda: {"CPU": 1},
         description="Ray resources of the export task, which runs after training (outside the training "

@@ -36,6 +36,7 @@ from med42_ray.train.config import TrainConfig
 from med42_ray.train.metrics import MetricsLog, flops_per_token, peak_flops
 from med42_ray.train.packing import PackedBatch, collate_packed, loss_sum
 from med42_ray.train.progress import ProgressLog, quiet_library_noise, say
+from med42_ray.train.trackers import Trackers
 
 if TYPE_CHECKING:  # annotations only
     from med42_ray.train.strategies import BuiltModel
@@ -70,6 +71,7 @@ class _Worker:
     metrics_log: MetricsLog | None  # rank 0 only
     step_metrics: TrainStepMetrics | None  # rank 0 only: the dashboard's Prometheus figures
     progress_log: ProgressLog | None  # rank 0 only: the job log's progress line
+    trackers: Trackers | None  # rank 0 only: train.report_to
     model_flops: float          # per token
     peak: float | None          # FLOP/s of one worker; None: no MFU
     started_at: float           # time.time() when the driver started the run (wall_s counts from it)
@@ -107,6 +109,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 step_metrics=TrainStepMetrics(cfg.run_name) if rank == 0 else None,
                 progress_log=ProgressLog(cfg.log_every_steps, job.total_steps, job.epochs,
                                          config["started_at"]) if rank == 0 else None,
+                trackers=Trackers(config["trackers"]) if rank == 0 and cfg.report_to else None,
                 model_flops=_model_flops(engine, job.seq_len), peak=peak_flops(cfg.peak_tflops),
                 started_at=config["started_at"],
                 checkpoint_tag=f"resumed{int(config['started_at'])}" if fell_back else "")
@@ -122,6 +125,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     stopped = False  # the sweep's scheduler stopped this run early (validate.stop_requested)
     while not stopped and state.epoch < job.epochs and state.step < job.total_steps:
         stopped = _run_epoch(w, state, shard, collate)
+    if w.trackers is not None:
+        w.trackers.close()
 
 
 def _setup_engine(cfg: TrainConfig, job: TrainJob, rank: int, world: int) -> tuple[Any, BuiltModel]:
@@ -327,6 +332,8 @@ def _record(w: _Worker, state: TrainState, row: dict, forced: bool, with_checkpo
                 f"{row['data_wait_s']:.1f}s, compute {row['compute_s']:.1f}s; {w.world} worker(s) x "
                 f"{torch.get_num_threads()} torch threads); start-up in run_info.json")
         w.progress_log.step(row, time.time())
+        if w.trackers is not None:
+            w.trackers.log(row)
     w.unreported.append(row)
     if with_checkpoint or _report_due(w, forced):
         _report(w, state, _report_row(w.unreported), with_checkpoint)

@@ -162,7 +162,7 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
 
     from med42_ray.cluster import connect
     from med42_ray.model import resolve_model
-    from med42_ray.train import export
+    from med42_ray.train import export, trackers
     from med42_ray.train.loop import train_loop_per_worker
 
     started_at = time.time()  # the metrics' wall_s counts from here: the first step's is time-to-first-step
@@ -189,7 +189,7 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": tcfg.model_dump(), "job": job, "step_hook": step_hook, "validate": validate,
-                           "started_at": started_at},
+                           "started_at": started_at, "trackers": trackers.plan(cfg, outputs.root)},
         scaling_config=ScalingConfig(num_workers=world, use_gpu=tcfg.scaling.use_gpu,
                                      resources_per_worker=resources),
         run_config=RayRunConfig(
@@ -209,7 +209,7 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
     if result.error is not None:
         raise result.error
     if tcfg.export:
-        export.export_final_checkpoint(result.checkpoint, tcfg, job)
+        export.export_final_checkpoint(result.checkpoint, tcfg, job, manifest)
     return TrainResult(
         output_dir=outputs.root,
         metrics_path=outputs.metrics,
@@ -265,5 +265,5 @@ def export_finished_run(cfg: RunConfig) -> dict[str, Path]:
     if final is None or checkpoint_step(final.path) != job.total_steps:
         raise ConfigError(f"{run}: the run did not checkpoint its last step ({job.total_steps}); "
                           f"latest: {final.path if final else 'none'}")
-    export.export_final_checkpoint(final, cfg.train, job)
+    export.export_final_checkpoint(final, cfg.train, job, manifest)
     return job.outputs.exported(cfg.train.strategy)
