@@ -8,7 +8,8 @@ instances") or pick the other one. So a local cluster's GCS port is chosen befor
 its address is exported as RAY_ADDRESS to every process it starts, which then never scan.
 
 Ray Train state tracking is switched on here too, for every run started or joined: without it the
-dashboard has no Train page ("Train state is not tracked") and our runs' names appear nowhere.
+dashboard's Train state API answers "Train state is not tracked" and our runs' names, workers and
+attempts appear nowhere.
 """
 
 from __future__ import annotations

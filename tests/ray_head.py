@@ -59,6 +59,10 @@ def start_head():
     env = cli_env(RAY_metrics_report_interval_ms=str(METRICS_REPORT_INTERVAL_MS),
                   RAY_TRAIN_ENABLE_STATE_TRACKING="1")
     env.pop("RAY_ADDRESS", None)
+    # `ray start --head` turns token auth on only when a token exists (a fresh machine has none),
+    # and with RAY_AUTH_MODE=token refuses to start without one: make it first, as README says.
+    subprocess.run([str(VENV_BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True,
+                   capture_output=True)
     head = subprocess.Popen(cmd, env=env, start_new_session=True,
                             stdout=open(temp / "head.log", "w"), stderr=subprocess.STDOUT)
     address = f"http://127.0.0.1:{dash}"
