@@ -74,9 +74,12 @@ def test_evaluator_agrees_with_lm_eval(smoke):
     one_token = all(len(tok.tokenize(f" {letter}")) == 1 for letter in "ABCD")
     for protocol, method in (("harness", "one_pass" if one_token else "prefix_cache"), ("full_text", "prefix_cache")):
         x = r["protocols"][protocol]
-        assert x["agree"] == x["n"] == 6 and x["max_ll_diff"] < 1e-4, (protocol, x)
+        # fp32: no ties (choices within 1e-4), lm-eval's default log-softmax is float32 as well
+        assert x["agree"] == x["decided"] == x["n"] == 6 and not x["ties"] and x["max_ll_diff"] < 1e-4, (protocol, x)
+        assert x["max_ll_diff_per_token"] <= x["max_ll_diff"] and x["vs_lm_eval_default"]["max_ll_diff"] < 1e-4
         assert x["methods"] == {method: 6}
         assert x["ours_questions_per_s"] > 0 and x["lm_eval_questions_per_s"] > 0
+        assert len(x["ours_runs_s"]) == len(x["lm_eval_runs_s"]) == r["timed_passes"] and x["ours_cold_s"] > 0
 
 
 def test_write_benchmarks_replaces_the_section(smoke, tmp_path):
@@ -89,3 +92,25 @@ def test_write_benchmarks_replaces_the_section(smoke, tmp_path):
     text = md.read_text()
     assert text.count("## GPU\n") == 1 and "old text" not in text and text.endswith("## Training\n\nkept\n")
     assert "CPU smoke run" in text and "python3 bench/gpu_check/check.py --bundle .gpu_bundle" in text
+
+
+def test_a_part_that_raised_is_reported_with_its_exception():
+    """The first GPU run wrote "packed_loss: outside tolerance" for a kernel that raised."""
+    sys.path.insert(0, str(CHECK.parent))
+    try:
+        import check_report
+    finally:
+        sys.path.remove(str(CHECK.parent))
+    error = "InductorError: LoweringException: NoValidChoicesError: No choices to select.\n  target: flex_attention"
+    ok = {"status": "ok", "mb1": {"max_abs_diff": 0.01, "leak_max_abs_diff": 2.0, "fwd_bwd_tokens_per_s": None},
+          "mb2": {"max_abs_diff": 0.01, "leak_max_abs_diff": 3.0, "fwd_bwd_tokens_per_s": 1e4}}
+    results = {"meta": {"date": "today"}, "environment": {"status": "ok", "python": "3.12", "cpus": 2},
+               "packed_loss": {"status": "error", "dtype": "bfloat16", "error": f"flex_attention: {error}",
+                               "kernels": {"sdpa": ok, "flex_attention": {"status": "error", "error": error}}},
+               "eval": {"status": "error", "error": "RuntimeError: CUDA out of memory\nmore"}}
+    text = check_report.markdown(results)
+    assert "- packed_loss: error: flex_attention: InductorError: LoweringException: NoValidChoicesError" in text
+    assert "- eval: error: RuntimeError: CUDA out of memory\n" in text and "outside tolerance" not in text
+    assert "sdpa ok: mb1: max 1.00e-02" in text  # what the part measured before the error stays in the table
+    results["packed_loss"] = {"status": "fail", "dtype": "bfloat16", "failed": "sdpa", "kernels": {"sdpa": ok}}
+    assert "- packed_loss: outside tolerance: sdpa" in check_report.markdown(results)

@@ -11,8 +11,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.utils import is_flash_attn_2_available
 
-from med42_ray.train.packing import (IGNORE_INDEX, attention_implementation, collate_packed, loss_sum,
-                                     needs_one_row, next_token_targets, token_losses)
+from med42_ray.train.packing import (FLEX_BLOCK, IGNORE_INDEX, attention_implementation, collate_packed,
+                                     fixed_width, loss_sum, needs_one_row, next_token_targets, token_losses)
 
 
 def _model(attn: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
@@ -172,3 +172,53 @@ def test_collate_rejects_tokens_outside_the_vocabulary():
     rows = _rows([[(np.array([1, 2, 300], dtype=np.int32), np.array([1, 2, 300], dtype=np.int32))]])
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
         collate_packed(rows, vocab_size=97)
+
+
+def test_flex_attention_gets_one_width_per_run():
+    """The prepared row length rounded up to whole flex blocks; other kernels pad to each batch's longest row."""
+    assert fixed_width("flex_attention", 4096) == 4096
+    assert fixed_width("flex_attention", 4095) == 4096 and fixed_width("flex_attention", 4097) == 4096 + FLEX_BLOCK
+    for attn in ("sdpa", "eager", "flash_attention_2", None):
+        assert fixed_width(attn, 4095) is None
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_a_batch_padded_to_the_fixed_width_gives_the_same_losses(attn):
+    d, layout = _documents(), LAYOUTS[2]
+    rows = _rows([[d[i] for i in row] for row in layout])
+    tight, wide = collate_packed(rows), collate_packed(rows, width=128)
+    assert wide.input_ids.shape == (2, 128) and tight.input_ids.shape[1] < 128
+    assert (wide.real_tokens, wide.loss_tokens) == (tight.real_tokens, tight.loss_tokens)
+    assert wide.padded_tokens == 256
+    model = _model(attn)
+    with torch.no_grad():
+        a, b = token_losses(model, tight), token_losses(model, wide)
+    torch.testing.assert_close(b[:, :a.shape[1]], a, rtol=1e-5, atol=1e-5)
+    assert not b[:, a.shape[1]:].any()
+
+
+def test_collate_rejects_a_row_longer_than_the_fixed_width():
+    d = _documents()
+    with pytest.raises(ValueError, match=r"packed row 0 of the batch has 51 tokens, more than the fixed width 48"):
+        collate_packed(_rows([[d[0], d[1], d[2]], [d[4]]]), width=48)
+
+
+def test_flex_attention_compiles_once_for_micro_batches_of_different_lengths():
+    """The first GPU run: a micro-batch shorter than the others made dynamo recompile flex_attention
+    with dynamic shapes (12.6 s of a step; in eval mode Inductor failed). At the fixed width there
+    is nothing to recompile: dynamo raises if it tries."""
+    if (missing := _missing("flex_attention", "cpu")) is not None:
+        pytest.skip(missing)
+    torch._dynamo.reset()
+    d, model = _documents(), _model("flex_attention")
+    width = fixed_width("flex_attention", 81)  # the longest row below
+    assert width == FLEX_BLOCK
+    batches = [[[d[0], d[1], d[2], d[3]]], [[d[4], d[0]]], [[d[3]]]]  # 81, 31 and 30 real tokens
+    with torch.no_grad():
+        token_losses(model, collate_packed(_rows(batches[0]), width=width))  # compiles
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for docs in batches[1:]:
+                padded = token_losses(model, collate_packed(_rows(docs), width=width))
+                alone = token_losses(_model("sdpa"), collate_packed(_rows(docs)))
+                torch.testing.assert_close(padded[:, :alone.shape[1]], alone, rtol=1e-4, atol=1e-4)
+

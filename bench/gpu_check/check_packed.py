@@ -6,6 +6,13 @@ alone as the reference. The training code computes both sides (`collate_packed`,
 which runs a flash-attention micro batch as one padding-free row). A control runs the same packed
 batch with a plain 2-D attention mask, so the documents of a row DO see each other: its distance
 from the reference is what a leak would look like, next to the distance measured.
+
+flex_attention runs compiled (transformers torch.compiles it) and is given one sequence length, as
+training gives it (`packing.fixed_width`): every batch here, each document alone included, is padded
+to the prepared row length (the padding comes after the document, so a causal kernel keeps it out
+of the document's losses), and dynamo's automatic dynamic shapes are off, so the one other shape
+(micro batch 2) compiles statically instead of as the dynamic kernel Inductor could not lower on the
+first GPU run (NoValidChoicesError).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import torch.nn.functional as F
 from check_model import timed
 
 from med42_ray.layout import PreparedDir
-from med42_ray.train.packing import COLUMNS, IGNORE_INDEX, collate_packed, loss_sum, token_losses
+from med42_ray.train.packing import COLUMNS, IGNORE_INDEX, collate_packed, fixed_width, loss_sum, token_losses
 from med42_ray.train.strategies import flash_kernel_available
 from med42_ray.train.trainer import read_manifest
 
@@ -64,9 +71,9 @@ def layouts(rows: list[dict]) -> dict[int, list[dict]]:
     return {1: [rows[0]], 2: [rows[1], first_documents(rows[2], 0.6)]}
 
 
-def collate(rows: list[dict], vocab: int):
+def collate(rows: list[dict], vocab: int, width: int | None = None):
     return collate_packed({c: [np.asarray(r[c], dtype=np.int64) for r in rows] for c in COLUMNS},
-                          pad_id=0, vocab_size=vocab)
+                          pad_id=0, vocab_size=vocab, width=width)
 
 
 def unavailable(kernel: str, device: str) -> str | None:
@@ -82,7 +89,7 @@ def unavailable(kernel: str, device: str) -> str | None:
     return None
 
 
-def check_kernels(model_dir: str, rows: list[dict], device: str, dtype: torch.dtype, reps: int) -> dict:
+def check_kernels(model_dir: str, rows: list[dict], seq_len: int, device: str, dtype: torch.dtype, reps: int) -> dict:
     """Every kernel at micro batch 1 and 2; one kernel's error is reported and the others still run."""
     import traceback
 
@@ -93,7 +100,8 @@ def check_kernels(model_dir: str, rows: list[dict], device: str, dtype: torch.dt
             out[kernel] = {"status": "skipped", "reason": why}
             continue
         try:
-            out[kernel] = check_kernel(model_dir, kernel, rows, device, dtype, reps)
+            with static_shapes(kernel):
+                out[kernel] = check_kernel(model_dir, kernel, rows, fixed_width(kernel, seq_len), device, dtype, reps)
         except Exception as e:  # noqa: BLE001 - reported, and the next kernel runs
             out[kernel] = {"status": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         if device.startswith("cuda"):
@@ -101,18 +109,32 @@ def check_kernels(model_dir: str, rows: list[dict], device: str, dtype: torch.dt
     return out
 
 
-def check_kernel(model_dir: str, kernel: str, rows: list[dict], device: str, dtype: torch.dtype, reps: int) -> dict:
+def static_shapes(kernel: str):
+    """For flex_attention: dynamo compiles each new shape statically (see the module doc). Micro
+    batch 1 and 2, no-grad and grad, the packed mask and the control's make 6 compiled variants;
+    dynamo's default limit of 8 per function is raised so that none falls back to eager."""
+    import contextlib
+
+    if kernel != "flex_attention":
+        return contextlib.nullcontext()
+    settings = {"automatic_dynamic_shapes": False, "recompile_limit": 32}  # the limit's name since torch 2.7
+    return torch._dynamo.config.patch(**{k: v for k, v in settings.items() if hasattr(torch._dynamo.config, k)})
+
+
+def check_kernel(model_dir: str, kernel: str, rows: list[dict], width: int | None, device: str, dtype: torch.dtype,
+                 reps: int) -> dict:
+    """`width`: every batch padded to it (flex_attention), else each to its longest row."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=kernel).to(device)
     model.eval()
     vocab, tol = model.config.vocab_size, TOLERANCE[dtype]
-    result = {"status": "ok"}
+    result = {"status": "ok", "width": width or "longest row"}
     for mb, layout in layouts(rows).items():
         with torch.no_grad():
-            figures = compare_layout(model, layout, device, vocab)
+            figures = compare_layout(model, layout, device, vocab, width)
         figures["fwd_bwd_tokens_per_s"] = None if kernel == "eager" and device.startswith("cuda") else \
-            fwd_bwd_rate(model, collate(layout, vocab).to(device), device, reps)  # eager: the reference only; its
+            fwd_bwd_rate(model, collate(layout, vocab, width).to(device), device, reps)  # eager: the reference only; its
         # backward would keep every layer's (heads x 4096 x 4096) fp32 attention matrix, ~100 GB at 1.1B
         figures["ok"] = figures["max_abs_diff"] <= tol["max"] and figures["mean_abs_diff"] <= tol["mean"]
         result[f"mb{mb}"] = figures
@@ -123,16 +145,18 @@ def check_kernel(model_dir: str, kernel: str, rows: list[dict], device: str, dty
     return result
 
 
-def compare_layout(model, layout: list[dict], device: str, vocab: int) -> dict:
-    """Per-token losses of the packed batch, of each document alone, and of the leaking control."""
-    batch = collate(layout, vocab).to(device)
+def compare_layout(model, layout: list[dict], device: str, vocab: int, width: int | None = None) -> dict:
+    """Per-token losses of the packed batch, of each document alone (padded to `width` if given), and
+    of the leaking control."""
+    batch = collate(layout, vocab, width).to(device)
     packed = split_by_document(token_losses(model, batch), layout)
     leaked = split_by_document(leaking_losses(model, batch, layout), layout)
     alone, scored = [], []
     for doc in (d for row in layout for d in documents(row)):
-        single = collate([doc], vocab).to(device)
-        alone.append(token_losses(model, single)[0])
-        scored.append(single.target_ids[0] != IGNORE_INDEX)
+        n = len(doc["input_ids"])
+        single = collate([doc], vocab, width).to(device)
+        alone.append(token_losses(model, single)[0, :n])
+        scored.append(single.target_ids[0, :n] != IGNORE_INDEX)
     diff = torch.cat([(p - a).abs()[m] for p, a, m in zip(packed, alone, scored)])
     leak = torch.cat([(p - a).abs()[m] for p, a, m in zip(leaked, alone, scored)])
     total_alone = float(sum(a[m].sum() for a, m in zip(alone, scored)))

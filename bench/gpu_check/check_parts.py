@@ -176,11 +176,17 @@ def part_packed_loss(run: Run) -> dict:
     import check_packed
 
     rows = check_packed.packed_rows(run.need(run.prepared, "prepare"), 3)
-    kernels = check_packed.check_kernels(run.need(run.model_dir, "model"), rows, run.device, run.dtype,
+    seq_len = run.need(run.manifest, "prepare")["seq_len"]  # flex_attention's one width (packing.fixed_width)
+    kernels = check_packed.check_kernels(run.need(run.model_dir, "model"), rows, seq_len, run.device, run.dtype,
                                          run.sizes.fwd_bwd_reps)
-    statuses = {k["status"] for k in kernels.values()}
-    status = "error" if "error" in statuses else "fail" if "fail" in statuses else "ok"
-    return {"status": status, "dtype": str(run.dtype).removeprefix("torch."), "kernels": kernels}
+    figures = {"status": "ok", "dtype": str(run.dtype).removeprefix("torch."), "kernels": kernels}
+    erred = [f"{name}: {k['error']}" for name, k in kernels.items() if k["status"] == "error"]
+    failed = [name for name, k in kernels.items() if k["status"] == "fail"]
+    if erred:  # the part's error is its first kernel's (each kernel's traceback is under kernels)
+        figures.update(status="error", error=erred[0])
+    elif failed:
+        figures.update(status="fail", failed=", ".join(failed))
+    return figures
 
 
 def part_train(run: Run, strategy: str) -> dict:

@@ -42,13 +42,33 @@ def _e(x) -> str:
     return "n/a" if x is None else f"{x:.2e}"
 
 
+def first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+def failure(r: dict) -> str:
+    """Why a part failed, in one line: an exception's first line, or what was outside its tolerance."""
+    if r.get("status") == "error":
+        # packed_loss before it named its first failing kernel itself
+        erred = [f"{name}: {k.get('error')}" for name, k in r.get("kernels", {}).items() if k.get("status") == "error"]
+        text = first_line(r.get("error") or (erred[0] if erred else None))
+        return f"error: {text or 'an exception (traceback in gpu_check.json)'}"
+    return f"outside tolerance{': ' + r['failed'] if r.get('failed') else ''}"
+
+
 def figures(name: str, r: dict) -> str:
-    """One cell: the figures that matter for this part."""
+    """One cell: the figures that matter for this part (an error: its first line, then whatever the
+    part measured before it)."""
     if r.get("status") == "skipped":
         return r.get("reason", "")
+    render = FIGURES.get(name, lambda _: "")
     if r.get("status") == "error":
-        return r.get("error", "")[:300]
-    return FIGURES.get(name, lambda _: "")(r)
+        try:
+            measured = render(r)
+        except (KeyError, TypeError):  # the exception came before the figures
+            measured = ""
+        return "; ".join(x for x in (failure(r)[:300], measured) if x)
+    return render(r)
 
 
 def _environment(r: dict) -> str:
@@ -98,16 +118,28 @@ def _train(r: dict) -> str:
             f"{_gib(r['peak_memory_bytes'])} ({r['memory_kind']}); loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}")
 
 
+def _agreement(x: dict) -> str:
+    ties = x["ties"]
+    tie_note = f" ({len(ties)} ties, {sum(t['agree'] for t in ties)} alike)" if ties else ""
+    return (f"agree {x['agree']}/{x['decided']} decided{tie_note}, max |dll| {_e(x['max_ll_diff'])} "
+            f"({_e(x['max_ll_diff_per_token'])}/token)")
+
+
 def _eval(r: dict) -> str:
     cells = []
     for p, x in r["protocols"].items():
+        d = x["vs_lm_eval_default"]
         cells.append(f"{p}: ours {x['ours_questions_per_s']:.1f} q/s vs lm-eval {x['lm_eval_questions_per_s']:.1f} "
-                     f"({x['speedup']:.2f}x), agree {x['agree']}/{x['n']}, max |dll| {_e(x['max_ll_diff'])}")
-    return f"{r['dtype']}, {r['questions']} questions; " + "; ".join(cells)
+                     f"({x['speedup']:.2f}x; cold {x['ours_cold_s']:.2f}s vs {x['lm_eval_cold_s']:.2f}s), "
+                     f"{_agreement(x)}; vs lm-eval's default (log-softmax in the model dtype): max |dll| "
+                     f"{_e(d['max_ll_diff'])} "
+                     f"({_e(d['max_ll_diff_per_token'])}/token), {d['ties']} ties")
+    return (f"{r['dtype']}, {r['questions']} questions, median of {r['timed_passes']} passes after a cold one; "
+            f"reference {r['reference']}, tolerance {_e(r['tolerance'])}; " + "; ".join(cells))
 
 
 def _split(r: dict) -> str:
-    cells = [f"{p}: agree {x['agree']}/{x['n']}, max |dll| {_e(x['max_ll_diff'])}" for p, x in r["protocols"].items()]
+    cells = [f"{p}: {_agreement(x)}" for p, x in r["protocols"].items()]
     return f"modules per device {r['modules_per_device']}, head on {r['last_module_device']}; " + "; ".join(cells)
 
 
@@ -123,8 +155,8 @@ def target(name: str, r: dict) -> str:
         verdict = "no datasheet peak" if mfu is None else "met" if mfu >= MFU_TARGET else "not met"
         return f"MFU >= {MFU_TARGET:.0%}: {verdict}"
     if name == "eval":
-        h = r["protocols"]["harness"]
-        met = h["speedup"] >= EVAL_SPEEDUP_TARGET and h["agree"] == h["n"]
+        h = r["protocols"]["harness"]  # identical wherever the reference decides (ties: see the figures)
+        met = h["speedup"] >= EVAL_SPEEDUP_TARGET and h["agree"] == h["decided"]
         verdict = "met" if met else "not met"
         return f">= {EVAL_SPEEDUP_TARGET:.0f}x lm-eval with identical predictions (harness): {verdict}"
     return ""
@@ -151,7 +183,7 @@ def markdown(results: dict) -> str:
     else:
         lead = f"Measured {meta.get('date')} on one {gpu}, in {meta.get('seconds', 0):.0f} s."
     bad = failed(results)
-    failures = "".join(f"\n- {n}: {results[n].get('error') or 'outside tolerance'}" for n in bad)
+    failures = "".join(f"\n- {n}: {failure(results[n])}" for n in bad)
     return f"""{SECTION}
 
 {lead}

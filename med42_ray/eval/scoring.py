@@ -13,7 +13,16 @@ lm-eval (HF backend) scores every (context, continuation) pair as its own sequen
 * brute force: one sequence per choice, exactly lm-eval's recipe; used when left truncation would
   make the choices' prefixes differ, and as the reference in tests.
 
-Log-softmax is taken in float32 whatever the model dtype.
+Log-softmax is taken in float32 whatever the model dtype (lm-eval's HFLM takes it in the model's
+dtype unless given `softmax_dtype`: in bf16 its log-probabilities sit on a grid of 1/16 near -10,
+which differs from ours by up to ~0.03 per token; bench/gpu_check compares with lm-eval in float32).
+
+On a GPU the forwards are cheap and what remains is launches and host syncs, so a batch is scored
+with a fixed number of each whatever its size: the context pass runs without an attention mask
+(right padding cannot reach a real token through a causal mask; the cache's padded slots are
+masked in the continuation pass), only the positions that score a token reach the output head,
+every choice's log-likelihood is gathered on the device, and one transfer brings a batch's scores
+to the host. Tokenisation is one batched call per `score`.
 
 A model too large for one GPU is spread over several devices (accelerate's device map): its last
 hidden state lives on the last GPU, its KV cache layers on theirs. Every index here follows the
@@ -25,6 +34,7 @@ mis-shapes in older ones.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Sequence
@@ -75,15 +85,17 @@ class Scorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         bos = tokenizer.bos_token
         self._bos_text = bos if bos else None
-        # transformers >= 5.2x names the KV cache argument `cache`; earlier ones `past_key_values`
+        # The causal LM's own forward is decoder -> output head; scoring runs the two itself so that
+        # only the positions that score a token reach the head (peft's adapters sit inside both, so
+        # an unmerged LoRA model scores the same way).
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-        # The causal LM's own forward is decoder -> output head; one-pass scoring runs the two
-        # itself so that only one position per row reaches the head (peft's adapters sit inside
-        # both, so an unmerged LoRA model scores the same way).
+        self._base = base
         self._decoder = base.get_decoder()
         self._head = base.get_output_embeddings()
         self._softcap = getattr(base.config, "final_logit_softcapping", None)
+        # transformers >= 5.2x names the KV cache argument `cache`; earlier ones `past_key_values`
+        params = inspect.signature(self._decoder.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     @property
     def device(self) -> torch.device:
@@ -92,45 +104,80 @@ class Scorer:
     # -- tokenisation: lm-eval's _encode_pair / tok_encode ---------------------------------------
 
     def tok_encode(self, text: str) -> list[int]:
-        # lm-eval: the tokenizer's default special tokens, unless the text already starts with BOS
-        if self._bos_text and text.startswith(self._bos_text):
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        return self.tokenizer.encode(text)
+        return self._tok_encode_all([text])[0]
+
+    def _tok_encode_all(self, texts: list[str]) -> list[list[int]]:
+        """lm-eval's tok_encode of each text, in one batched tokenizer call per kind of text: the
+        tokenizer's default special tokens, unless the text already starts with BOS."""
+        out: list[list[int] | None] = [None] * len(texts)
+        for add_special in (True, False):
+            idx = [i for i, t in enumerate(texts)
+                   if add_special != bool(self._bos_text and t.startswith(self._bos_text))]
+            if idx:
+                ids = self.tokenizer([texts[i] for i in idx], add_special_tokens=add_special)["input_ids"]
+                for i, enc in zip(idx, ids):
+                    out[i] = list(enc)
+        return out
 
     def encode(self, req: Request) -> Encoded:
-        context = req.context
-        n_spaces = len(context) - len(context.rstrip())
-        moved = context[len(context) - n_spaces:] if n_spaces else ""
-        context = context[: len(context) - n_spaces]
-        context_enc = self.tok_encode(context)
-        conts = []
-        for cont in req.continuations:
-            whole = self.tok_encode(context + moved + cont)
-            conts.append(whole[len(context_enc):])
-        if any(len(c) == 0 for c in conts):
-            raise ValueError(f"{req.benchmark}/{req.item_id}: a continuation encodes to no token")
-        return Encoded(context_enc, conts)
+        return self.encode_all([req])[0]
+
+    def encode_all(self, requests: Sequence[Request]) -> list[Encoded]:
+        """Each request's context and continuation tokens, as lm-eval's _encode_pair makes them."""
+        texts, spans = [], []
+        for req in requests:
+            context = req.context
+            n_spaces = len(context) - len(context.rstrip())
+            moved = context[len(context) - n_spaces:] if n_spaces else ""
+            context = context[: len(context) - n_spaces]
+            spans.append((len(texts), len(req.continuations)))
+            texts += [context] + [context + moved + cont for cont in req.continuations]
+        ids = self._tok_encode_all(texts)
+        out = []
+        for req, (start, n) in zip(requests, spans):
+            context_enc = ids[start]
+            conts = [whole[len(context_enc):] for whole in ids[start + 1: start + 1 + n]]
+            if any(len(c) == 0 for c in conts):
+                raise ValueError(f"{req.benchmark}/{req.item_id}: a continuation encodes to no token")
+            out.append(Encoded(context_enc, conts))
+        return out
 
     # -- scoring ---------------------------------------------------------------------------------
 
-    def grad_context(self):
+    @contextlib.contextmanager
+    def scoring_context(self):
         """What every scoring path runs under: inference_mode unless the Scorer was built without
-        it. A ZeRO-3 model gathers its parameters during the forward and keeps its small persistent
-        ones, which would then be inference tensors that the next training backward refuses."""
-        return torch.inference_mode() if self.inference_mode else torch.no_grad()
+        it (a ZeRO-3 model gathers its parameters during the forward and keeps its small persistent
+        ones, which would then be inference tensors that the next training backward refuses), and
+        sdpa in place of flex_attention. transformers runs flex_attention compiled, and scoring's
+        shapes change with every batch: each new one would make dynamo recompile it, the second
+        with dynamic shapes, which Inductor could not lower on the first GPU run (NoValidChoicesError)
+        and which the training steps after a sweep's validation would then get too. Both kernels
+        compute exact attention; the model gets its own back afterwards."""
+        kernel = getattr(self._base.config, "_attn_implementation", None)
+        switch = kernel == "flex_attention" and hasattr(self._base, "set_attn_implementation")
+        with torch.inference_mode() if self.inference_mode else torch.no_grad():
+            if not switch:
+                yield
+                return
+            self._base.set_attn_implementation("sdpa")
+            try:
+                yield
+            finally:
+                self._base.set_attn_implementation(kernel)
 
     def score(self, requests: Sequence[Request]) -> list[Scored]:
         """Scores in the order of `requests`; requests with equal keys are computed once."""
-        with self.grad_context():
+        with self.scoring_context():
             return self._score(requests)
 
     def _score(self, requests: Sequence[Request]) -> list[Scored]:
-        unique: dict[str, tuple[Request, Encoded]] = {}
+        first: dict[str, Request] = {}
         for r in requests:
-            if r.key not in unique:
-                unique[r.key] = (r, self.encode(r))
+            first.setdefault(r.key, r)
+        unique = dict(zip(first, self.encode_all(list(first.values()))))
         one_pass, cached, brute = [], [], []
-        for key, (r, enc) in unique.items():
+        for key, enc in unique.items():
             longest = max(len(c) for c in enc.continuations)
             if len(enc.context) + longest - 1 > self.max_length:
                 brute.append((key, enc))  # left truncation differs per choice: score as lm-eval does
@@ -161,76 +208,95 @@ class Scorer:
         if batch:
             yield batch
 
-    def _right_padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _right_padded(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, longest] ids padded with `pad` and the [N, longest] bool mask of real tokens, on the CPU."""
         width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1
-        return ids.to(self.device), mask.to(self.device)
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], dtype=torch.long)
+        lengths = torch.tensor([len(s) for s in seqs])
+        return ids, torch.arange(width)[None, :] < lengths[:, None]
 
-    def _last_logits(self, ids, mask, last: torch.Tensor, **kwargs):
-        """Logits at position `last[i]` of each row i, and the decoder's output (its KV cache)."""
-        out = self._decoder(input_ids=ids, attention_mask=mask, **kwargs)
-        hidden = out.last_hidden_state  # on the device of the decoder's last layer
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        logits = self._head(hidden[rows, last.to(hidden.device)])  # [B, V]
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 log-probabilities over the vocabulary of the hidden states [N, H] -> [N, V]."""
+        logits = self._head(hidden)
         if self._softcap:  # models whose causal-LM forward caps the logits (Gemma 2) do it here too
             logits = torch.tanh(logits / self._softcap) * self._softcap
-        return logits, out
+        return F.log_softmax(logits.float(), dim=-1)
+
+    def _context_pass(self, contexts: list[list[int]], use_cache: bool):
+        """The contexts right-padded in one batch, with no attention mask (see the module doc): the
+        log-probabilities after each context's last token [B, V], the decoder's output (its KV
+        cache) and the contexts' real-token mask [B, W] (CPU)."""
+        ids, mask = self._right_padded(contexts, self.pad_id)
+        (ids,) = upload(self.device, ids)
+        out = self._decoder(input_ids=ids, use_cache=use_cache)
+        hidden = out.last_hidden_state  # on the device of the decoder's last layer
+        rows, last = upload(hidden.device, torch.arange(len(contexts)), mask.sum(dim=1) - 1)
+        return self._project(hidden[rows, last]), out, mask
+
+    @staticmethod
+    def _gather_first(first: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every choice's first-token log-probability (float64) and whether that token is the
+        argmax, flat in (question, choice) order, on first's device."""
+        q, tok = upload(first.device, torch.tensor([i for i, (_, enc) in enumerate(batch) for _ in enc.continuations]),
+                        torch.tensor([c[0] for _, enc in batch for c in enc.continuations]))
+        return first[q, tok].double(), first.argmax(dim=-1)[q] == tok
+
+    @staticmethod
+    def _to_host(batch, lls: torch.Tensor, greedy: torch.Tensor, method: str) -> dict[str, Scored]:
+        """The batch's one device -> host transfer, cut into each question's Scored."""
+        values, hits = torch.stack([lls, greedy.double()]).cpu().tolist()
+        out, i = {}, 0
+        for key, enc in batch:
+            n = len(enc.continuations)
+            out[key] = Scored(key, values[i:i + n], [h == 1.0 for h in hits[i:i + n]],
+                              [len(c) for c in enc.continuations], method)
+            i += n
+        return out
 
     def _score_one_pass(self, batch) -> dict[str, Scored]:
-        seqs = [enc.context for _, enc in batch]
-        ids, mask = self._right_padded(seqs)
-        last = torch.tensor([len(s) - 1 for s in seqs])
-        logits, _ = self._last_logits(ids, mask, last, use_cache=False)
-        logprobs = F.log_softmax(logits.float(), dim=-1)  # [B, V]
-        greedy = logprobs.argmax(dim=-1)
-        out = {}
-        for i, (key, enc) in enumerate(batch):
-            toks = [c[0] for c in enc.continuations]
-            lls = logprobs[i, toks].tolist()
-            out[key] = Scored(key, lls, [int(greedy[i]) == t for t in toks], [1] * len(toks), "one_pass")
-        return out
+        first, _, _ = self._context_pass([enc.context for _, enc in batch], use_cache=False)
+        return self._to_host(batch, *self._gather_first(first, batch), "one_pass")
 
     def _score_prefix_cache(self, batch) -> dict[str, Scored]:
-        contexts = [enc.context for _, enc in batch]
-        ids, mask = self._right_padded(contexts)
-        ctx_len = torch.tensor([len(c) for c in contexts])
-        last_logits, prefix = self._last_logits(ids, mask, ctx_len - 1, use_cache=True)
-        first = F.log_softmax(last_logits.float(), dim=-1)  # next-token after each context
+        first, prefix, ctx_mask = self._context_pass([enc.context for _, enc in batch], use_cache=True)
+        lls, greedy = self._gather_first(first, batch)
+        conts = [c for _, enc in batch for c in enc.continuations]
+        question = [q for q, (_, enc) in enumerate(batch) for _ in enc.continuations]
         # one row per choice longer than one token: its tokens but the last, on top of its question's cache
-        rows = [(q, j) for q, (_, enc) in enumerate(batch) for j, c in enumerate(enc.continuations) if len(c) > 1]
-        rest = {}
-        if rows:
-            row_q = torch.tensor([q for q, _ in rows])
-            cache = prefix.get("cache") or prefix.get("past_key_values")
-            # A CPU index is valid for a cache layer on any device; one on cuda:0 is not for layers on cuda:3.
-            cache.batch_select_indices(row_q)
-            cont_ids, cont_mask = self._right_padded([batch[q][1].continuations[j][:-1] for q, j in rows])
-            full_mask = torch.cat([mask[row_q.to(mask.device)], cont_mask], dim=1)
-            positions = ctx_len[row_q][:, None] + torch.arange(cont_ids.shape[1])[None, :]
-            logits = self.model(input_ids=cont_ids, attention_mask=full_mask, position_ids=positions.to(self.device),
-                                use_cache=True, **{self._cache_arg: cache}).logits
-            logprobs = F.log_softmax(logits.float(), dim=-1)  # [R, T, V]
-            for r, (q, j) in enumerate(rows):
-                toks = torch.tensor(batch[q][1].continuations[j][1:], device=logprobs.device)
-                lp = logprobs[r, : len(toks)]
-                rest[(q, j)] = (lp[torch.arange(len(toks), device=lp.device), toks].sum().item(),
-                                bool((lp.argmax(dim=-1) == toks).all()))
-        out = {}
-        for q, (key, enc) in enumerate(batch):
-            lls, greedy = [], []
-            top = int(first[q].argmax())
-            for j, c in enumerate(enc.continuations):
-                ll, g = float(first[q, c[0]]), top == c[0]
-                if len(c) > 1:
-                    ll, g = ll + rest[(q, j)][0], g and rest[(q, j)][1]
-                lls.append(ll)
-                greedy.append(g)
-            out[key] = Scored(key, lls, greedy, [len(c) for c in enc.continuations], "prefix_cache")
-        return out
+        multi = [i for i, c in enumerate(conts) if len(c) > 1]
+        if multi:
+            rest_ll, rest_greedy = self._continuation_pass(prefix, ctx_mask, torch.tensor([question[i] for i in multi]),
+                                                           [conts[i] for i in multi])
+            (at,) = upload(lls.device, torch.tensor(multi))
+            lls = lls.index_add(0, at, rest_ll.to(lls.device))
+            greedy = greedy.index_put((at,), greedy[at] & rest_greedy.to(greedy.device))
+        return self._to_host(batch, lls, greedy, "prefix_cache")
+
+    def _continuation_pass(self, prefix, ctx_mask: torch.Tensor, row_q: torch.Tensor, conts: list[list[int]]):
+        """Each continuation's tokens after the first, scored on top of its question's KV cache in
+        one forward: their summed log-probability (float64) and whether each was the argmax, [R]."""
+        cache = prefix.get("cache") or prefix.get("past_key_values")
+        select_rows(cache, row_q)
+        inputs, real = self._right_padded([c[:-1] for c in conts], self.pad_id)
+        positions = ctx_mask.sum(dim=1)[row_q][:, None] + torch.arange(inputs.shape[1])[None, :]
+        mask = torch.cat([ctx_mask[row_q], real], dim=1).long()
+        inputs, positions, mask = upload(self.device, inputs, positions, mask)
+        out = self._decoder(input_ids=inputs, position_ids=positions, attention_mask=mask, use_cache=True,
+                            **{self._cache_arg: cache})
+        hidden = out.last_hidden_state  # [R, T, H]
+        # the N positions that score a token, as flat indices made here (a boolean index on the
+        # device would wait for it to count them)
+        scoring = real.reshape(-1).nonzero()[:, 0]
+        targets = torch.tensor([t for c in conts for t in c[1:]])
+        row = torch.arange(len(conts)).repeat_interleave(torch.tensor([len(c) - 1 for c in conts]))
+        (scoring,) = upload(hidden.device, scoring)
+        logprobs = self._project(hidden.reshape(-1, hidden.shape[-1]).index_select(0, scoring))  # [N, V]
+        targets, row = upload(logprobs.device, targets, row)
+        token_ll = logprobs.gather(1, targets[:, None])[:, 0].double()
+        missed = (logprobs.argmax(dim=-1) != targets).double()
+        zeros = torch.zeros(len(conts), dtype=torch.float64, device=logprobs.device)
+        return zeros.index_add(0, row, token_ll), zeros.index_add(0, row, missed) == 0
 
     def _score_brute_force(self, key: str, enc: Encoded) -> Scored:
         lls, greedy = [], []
@@ -241,11 +307,38 @@ class Scorer:
         return Scored(key, lls, greedy, [len(c) for c in enc.continuations], "brute_force")
 
 
+def upload(device: torch.device, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """CPU tensors on `device`. To a GPU in one copy from pinned memory that does not wait for the
+    work already queued there: a plain `.to(cuda)` of a CPU tensor synchronises the stream, and each
+    such wait leaves the GPU idle while Python queues the next kernels."""
+    if device.type != "cuda":
+        return [t.to(device) for t in tensors]
+    flat = torch.cat([t.reshape(-1).long() for t in tensors]).pin_memory().to(device, non_blocking=True)
+    pieces = flat.split([t.numel() for t in tensors])
+    return [p.view(t.shape).to(t.dtype) for p, t in zip(pieces, tensors)]
+
+
+def select_rows(cache, rows: torch.Tensor) -> None:
+    """Keep (and repeat) the cache's batch rows `rows` (CPU): each layer indexed on its own device
+    (layers spread by a device map sit on several), with one upload per device instead of one
+    synchronising copy per layer."""
+    layers = getattr(cache, "layers", None)
+    if not layers or any(getattr(layer, "keys", None) is None for layer in layers):
+        cache.batch_select_indices(rows)  # another cache layout: a CPU index is valid on any device
+        return
+    on_device: dict[torch.device, torch.Tensor] = {}
+    for layer in layers:
+        device = layer.keys.device
+        if device not in on_device:
+            (on_device[device],) = upload(device, rows)
+        layer.batch_select_indices(on_device[device])
+
+
 def brute_force_loglikelihood(model, context_enc: list[int], cont_enc: list[int], max_length: int,
                               device=None) -> tuple[float, bool]:
     """lm-eval's per-pair computation: one sequence, left-truncated to max_length + 1 tokens.
 
-    Runs under the caller's grad context (`Scorer.grad_context`), not one of its own."""
+    Runs under the caller's context (`Scorer.scoring_context`), not one of its own."""
     inp = (context_enc + cont_enc)[-(max_length + 1):][:-1]
     ids = torch.tensor([inp], dtype=torch.long, device=device)
     logits = model(input_ids=ids).logits[0, -len(cont_enc):].float()
@@ -257,5 +350,5 @@ def brute_force_loglikelihood(model, context_enc: list[int], cont_enc: list[int]
 
 def score_brute_force(scorer: Scorer, requests: Sequence[Request]) -> list[Scored]:
     """Reference: every (context, continuation) pair on its own, no batching, no sharing."""
-    with scorer.grad_context():
+    with scorer.scoring_context():
         return [scorer._score_brute_force(r.key, scorer.encode(r)) for r in requests]

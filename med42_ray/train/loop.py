@@ -34,7 +34,7 @@ from med42_ray.train import checkpointing
 from med42_ray.train.checkpointing import TrainState
 from med42_ray.train.config import TrainConfig
 from med42_ray.train.metrics import MetricsLog, flops_per_token, peak_flops
-from med42_ray.train.packing import PackedBatch, collate_packed, loss_sum
+from med42_ray.train.packing import PackedBatch, attention_implementation, collate_packed, fixed_width, loss_sum
 from med42_ray.train.progress import ProgressLog, quiet_library_noise, say
 from med42_ray.train.trackers import Trackers
 
@@ -44,13 +44,14 @@ if TYPE_CHECKING:  # annotations only
 
 
 class PackedCollate(NumpyBatchCollateFn):
-    """Ray Data hands each worker numpy batches of packed rows; we make a PackedBatch of them."""
+    """Ray Data hands each worker numpy batches of packed rows; we make a PackedBatch of them, every
+    one `width` tokens wide if set (flex_attention: packing.fixed_width)."""
 
-    def __init__(self, pad_id: int, vocab_size: int):
-        self.pad_id, self.vocab_size = pad_id, vocab_size
+    def __init__(self, pad_id: int, vocab_size: int, width: int | None = None):
+        self.pad_id, self.vocab_size, self.width = pad_id, vocab_size, width
 
     def __call__(self, batch) -> PackedBatch:
-        return collate_packed(batch, pad_id=self.pad_id, vocab_size=self.vocab_size)
+        return collate_packed(batch, pad_id=self.pad_id, vocab_size=self.vocab_size, width=self.width)
 
 
 @dataclass
@@ -118,7 +119,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # worker processes (imports included) until this function ran, then engine and resume.
         _write_run_info(w, startup_s={"worker_started": entered - w.started_at,
                                       "engine_ready": time.time() - w.started_at})
-    collate = PackedCollate(job.pad_id, engine.module.config.vocab_size)
+    collate = PackedCollate(job.pad_id, engine.module.config.vocab_size,
+                            width=fixed_width(attention_implementation(engine), job.seq_len))
     engine.train()
 
     w.last_step_end = w.last_report = time.perf_counter()

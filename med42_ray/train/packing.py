@@ -11,8 +11,9 @@ We pass `position_ids` and no 2-D attention mask, and transformers keeps the doc
   would let the documents of a row attend to each other. For these kernels the micro-batch runs as
   one padding-free row (the rows' real tokens back to back), as TRL and Axolotl do.
 
-Rows in a micro-batch are right-padded to the longest one. Padding gets its own position run
-(0, 1, ...), so it forms a separate block that no real token attends to, and label -100.
+Rows in a micro-batch are right-padded to the longest one, or for flex_attention to the prepared
+row length (`fixed_width`). Padding gets its own position run (0, 1, ...), so it forms a separate
+block that no real token attends to, and label -100.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 COLUMNS = ("input_ids", "labels", "position_ids")
+# flex_attention's block size (torch.nn.attention.flex_attention._DEFAULT_SPARSE_BLOCK_SIZE): its
+# block masks cover the sequence in blocks of this many tokens.
+FLEX_BLOCK = 128
 
 
 @dataclass
@@ -72,13 +76,34 @@ def next_token_targets(labels: torch.Tensor, position_ids: torch.Tensor) -> torc
     return targets
 
 
-def collate_packed(batch: Mapping[str, np.ndarray], pad_id: int = 0, vocab_size: int | None = None) -> PackedBatch:
-    """Collate rows of prepare's Parquet (variable-length lists) into one padded PackedBatch."""
+def fixed_width(attn_implementation: str | None, seq_len: int) -> int | None:
+    """The width every micro-batch of a run is padded to (None: each to its longest row).
+
+    transformers runs flex_attention through `torch.compile` (one compiled function per process,
+    default shapes: `integrations/flex_attention.py`). The first call of a new length makes dynamo
+    recompile it with dynamic shapes: 12.6 s of one step on an H200 (torch 2.11), and in eval mode
+    Inductor could not lower that dynamic kernel at all (NoValidChoicesError). So with flex_attention
+    every micro-batch has the same shape: the prepared row length, rounded up to whole flex blocks;
+    the padding it adds is a block of its own that no real token attends to, and carries no loss."""
+    if attn_implementation != "flex_attention":
+        return None
+    return -(-seq_len // FLEX_BLOCK) * FLEX_BLOCK
+
+
+def collate_packed(batch: Mapping[str, np.ndarray], pad_id: int = 0, vocab_size: int | None = None,
+                   width: int | None = None) -> PackedBatch:
+    """Collate rows of prepare's Parquet (variable-length lists) into one padded PackedBatch: to the
+    longest row, or to `width` tokens (`fixed_width`)."""
     for col in COLUMNS:
         if col not in batch:
             raise KeyError(f"prepared data has no column {col!r} (have: {', '.join(batch)})")
     rows = [tuple(np.asarray(batch[c][i], dtype=np.int64) for c in COLUMNS) for i in range(len(batch["input_ids"]))]
-    width = max(len(r[0]) for r in rows)
+    longest = max(len(r[0]) for r in rows)
+    if width is not None and longest > width:
+        i = max(range(len(rows)), key=lambda j: len(rows[j][0]))
+        raise ValueError(f"packed row {i} of the batch has {longest} tokens, more than the fixed width {width} "
+                         "(the prepared data's seq_len is larger than the run's)")
+    width = longest if width is None else width
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.arange(width, dtype=torch.long).repeat(len(rows), 1)
