@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
 import sys
+from functools import partial
+from pathlib import Path
 
 from med42_ray.config import RunConfig, load_config
 from med42_ray.errors import ConfigError, RunError
+from med42_ray.train.config import TrainConfig
 
 # Stage modules that add sub-commands, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -83,15 +87,138 @@ def load_from_args(args: argparse.Namespace) -> RunConfig:
     return load_config(args.config, overrides)
 
 
+# What a model may be besides a local directory, for the message that says a path is none of them.
+MODEL_FORMS = "a local Hugging Face model directory, a Hub id such as org/name, or tiny-llama"
+
+
+def _local(value: str) -> Path | None:
+    """The local path `value` names, or None where it may be a Hub id ('name', 'org/name'), a URI
+    or the embedded model: a path is a name that exists, or that no Hub id can be (absolute,
+    ./ ../ ~ pkg://, or more than one '/')."""
+    from med42_ray.data.filesystems import is_uri
+    from med42_ray.model import TINY_LLAMA
+    from med42_ray.paths import PACKAGE_SCHEME, resolve_path
+
+    if value == TINY_LLAMA or is_uri(value):
+        return None
+    path = resolve_path(value)
+    if path.exists() or value.startswith(("/", ".", "~", PACKAGE_SCHEME)) or value.count("/") > 1:
+        return path
+    return None
+
+
+def require_model(value: str, key: str) -> None:
+    """A model named by a local path must be a model directory: one clear line now, rather than the
+    Hub client's complaint about repo ids from deep inside a Ray worker."""
+    path = _local(value)
+    if path is None:
+        return
+    if not path.is_dir():
+        raise ConfigError(f"{key}: no model at {path.resolve()} ({MODEL_FORMS})")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{key}: {path.resolve()} is not a Hugging Face model directory (no config.json)")
+
+
+def require_adapter(value: str, key: str) -> None:
+    from med42_ray.paths import resolve_path
+
+    path = resolve_path(value)
+    if not (path / "adapter_config.json").is_file():
+        what = "no adapter_config.json; not a LoRA adapter directory" if path.is_dir() else "no such directory"
+        raise ConfigError(f"{key}: {path.resolve()}: {what}")
+
+
+def require_dir(value: str, key: str) -> None:
+    """A configured local directory that must exist (a URI is its reader's to check)."""
+    from med42_ray.data.filesystems import is_uri
+    from med42_ray.paths import resolve_path
+
+    if not is_uri(value) and not resolve_path(value).is_dir():
+        raise ConfigError(f"{key} not found: {resolve_path(value).resolve()}")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """print the run config as every command resolves it, and the DeepSpeed config of each training run
+
+    The run config after `extends`, ${VAR} expansion, -o overrides and the options given, with
+    every default filled in: YAML that `--config` reads back to the same run. Then, as comments,
+    for `train` and each of the pipeline's training runs (pipeline.<strategy> over train), the
+    schedule's resolved values and the DeepSpeed config the trainer hands DeepSpeed. With
+    --deepspeed RUN, that run's DeepSpeed config alone, as JSON. Nothing runs.
+    """
+    cfg = load_from_args(args)
+    if args.deepspeed is None:
+        print(config_text(cfg), end="")
+        return 0
+    runs = training_runs(cfg)
+    if args.deepspeed not in runs:
+        raise ConfigError(f"--deepspeed {args.deepspeed}: this config has no such training run "
+                          f"(it has {', '.join(runs)})")
+    print(json.dumps(derived_settings(runs[args.deepspeed])["deepspeed"], indent=2))
+    return 0
+
+
+def training_runs(cfg: RunConfig) -> dict[str, TrainConfig]:
+    """Each training run the config describes: `train`'s own, then the pipeline's, by name, each as
+    the pipeline derives it (pipeline.train over train:, then pipeline.<run>; pipeline/run.py)."""
+    from med42_ray.pipeline.config import merged_train_config, pipeline_train_config
+
+    runs = {"train": cfg.train}
+    shared = merged_train_config(cfg.train, cfg.pipeline.train)
+    if cfg.pipeline.pretrain is not None:
+        runs["pipeline.pretrain"] = merged_train_config(shared, cfg.pipeline.pretrain.train, strategy="full")
+    for run in cfg.pipeline.strategies:
+        runs[f"pipeline.{run}"] = pipeline_train_config(shared, cfg.pipeline, run)
+    return runs
+
+
+def derived_settings(t: TrainConfig) -> dict:
+    """What a training run derives from its config: the strategy's defaults applied, and DeepSpeed's config."""
+    from med42_ray.train.strategies import deepspeed_config
+
+    return {"strategy": t.strategy, "epochs": t.resolved_epochs(), "lr": t.resolved_lr(),
+            "zero_stage": t.resolved_zero_stage(), "num_workers": t.scaling.num_workers,
+            "use_gpu": t.scaling.use_gpu, "deepspeed": deepspeed_config(t, t.scaling.num_workers, t.scaling.use_gpu)}
+
+
+def config_text(cfg: RunConfig) -> str:
+    """The resolved run config (YAML), then, as comments, what each training run derives from it."""
+    import yaml
+
+    dump = partial(yaml.safe_dump, sort_keys=False, allow_unicode=True)
+    derived = {name: derived_settings(t) for name, t in training_runs(cfg).items()}
+    # Comments, so that the whole text is still a config `--config` reads.
+    comments = "".join(f"# {line}\n" for line in dump({"training_runs": derived}).splitlines())
+    return ("# the run config, resolved: `--config` reads this file back to the same run\n"
+            + dump(cfg.model_dump(mode="json"))
+            + "\n# what each training run derives from it (not config keys): the strategy's defaults "
+              "applied, and the DeepSpeed config\n"
+            + comments)
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("med42-ray")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="med42-ray",
         description="The Med42 recipe on Ray: prepare the instruction mixture, train (full or LoRA), "
                     "evaluate zero-shot. Every command reads one run config (YAML) plus -o overrides.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    p = add_command(sub, "config", cmd_config)
+    p.add_argument("--deepspeed", default=None, metavar="RUN",
+                   help="print only the DeepSpeed config (JSON) of RUN: train, pipeline.full, pipeline.lora "
+                        "(or pipeline.pretrain)")
     return parser
 
 

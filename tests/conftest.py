@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import s3_server  # noqa: F401  (sets moto's fake credentials before the session's Ray cluster starts)
 
 REPO = Path(__file__).resolve().parents[1]
 # Real public files laid out by the project owners beside the checkout (never copied in).
@@ -68,3 +69,11 @@ def ray_head():
     from ray_head import start_head
 
     yield from start_head()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 API on loopback (moto's server) for one test module (tests/s3_server.py)."""
+    from s3_server import start_s3
+
+    yield from start_s3()

@@ -5,15 +5,13 @@ through pyarrow's S3FileSystem), each row mapped by the same per-row checks as a
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from s3_server import BUCKET
 from pydantic import ValidationError
 
 from med42_ray.data.config import SourceConfig
@@ -22,48 +20,9 @@ from med42_ray.data.readers import iter_rows, iter_task, plan_read_tasks, source
 from med42_ray.paths import PACKAGE_DIR
 
 datasets = pytest.importorskip("datasets")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
-# Ray's workers take the environment of the process that starts the test cluster (once per session,
-# after collection), so the credentials moto accepts are set here, at import, not per test. Fake
-# values: nothing here may reach a real cloud account.
-os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_SESSION_TOKEN="testing",
-                  AWS_EC2_METADATA_DISABLED="true")
-BUCKET = "med42-data"
 SAMPLE = PACKAGE_DIR / "sample" / "data" / "train"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A real S3 API on 127.0.0.1: (bucket URI prefix with pyarrow's options, filesystem for setup)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
-                           allow_bucket_creation=True)
-    fs.create_dir(BUCKET)
-    yield S3(port, fs)
-    server.stop()
-
-
-class S3:
-    def __init__(self, port: int, fs: pafs.S3FileSystem):
-        self.port, self.fs = port, fs
-
-    def uri(self, key: str) -> str:
-        """pyarrow's own URI options: no endpoint or region look-up leaves the machine."""
-        return f"s3://{BUCKET}/{key}?endpoint_override=127.0.0.1:{self.port}&scheme=http&region=us-east-1"
-
-    def upload(self, local: Path, key: str) -> None:
-        """A file, or a directory tree, under s3://BUCKET/key."""
-        if local.is_dir():
-            pafs.copy_files(str(local), f"{BUCKET}/{key}", source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.fs)
-        else:
-            with self.fs.open_output_stream(f"{BUCKET}/{key}") as f:
-                f.write(local.read_bytes())
 
 
 def _alpaca(i: int, output: str | None = None) -> dict:

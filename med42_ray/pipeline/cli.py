@@ -17,7 +17,14 @@ FULL_BUDGET_OVERRIDES = (("pipeline.full.max_steps", None), ("pipeline.lora.max_
 
 
 def _run(cfg) -> dict:
+    from med42_ray.cli import require_dir, require_model
     from med42_ray.pipeline.run import run_pipeline
+
+    # Before Ray starts: what the first stages read (the later ones read what the earlier wrote).
+    require_model(cfg.prepare.tokenizer or cfg.model, "prepare.tokenizer" if cfg.prepare.tokenizer else "model")
+    require_model(cfg.model, "model")
+    require_dir(cfg.prepare.benchmarks_dir, "prepare.benchmarks_dir")
+    require_dir(cfg.evaluate.benchmarks_dir, "evaluate.benchmarks_dir")
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
@@ -110,7 +117,7 @@ def register(sub) -> None:
     add_config_flag(p, "--benchmarks-dir", "prepare.benchmarks_dir", "evaluate.benchmarks_dir",
                     help="benchmark root laid out like shared/data/raw: decontaminate against it and evaluate on it")
     add_config_flag(p, "--strategies", "pipeline.strategies", type=comma_list,
-                    help="comma-separated subset of full,lora")
+                    help="comma-separated runs to compare: full and adapter methods (lora, rslora, dora, ia3, loha, lokr)")
 
     d = add_command(sub, "demo", cmd_demo, demo_run_dir=DEMO_RUN_DIR)
     add_config_flag(d, "--limit", "evaluate.limit", type=int, help="first N questions of each benchmark")

@@ -15,11 +15,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     (full: model/; lora: adapter/ and merged/). With no --model it trains the embedded tiny
     Llama on CPU.
     """
-    from med42_ray.cli import load_from_args
+    from med42_ray.cli import load_from_args, require_model
     from med42_ray.train.trainer import run_train
+    from med42_ray.upload import upload_outputs
 
     cfg = load_from_args(args)
+    require_model(cfg.model, "model")
     result = run_train(cfg)
+    upload_outputs(cfg, result.output_dir)
     if result.metrics:
         first, last = result.metrics[0], result.metrics[-1]
         print(f"trained {last['step']} steps: loss {first['loss']:.4f} -> {last['loss']:.4f}, "
@@ -39,11 +42,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     and trainable parameters, estimate model-state memory per GPU for each ZeRO stage and offload
     choice (beside DeepSpeed's own estimators), and tokens/s and wall time.
     """
-    from med42_ray.cli import load_from_args
+    from med42_ray.cli import load_from_args, require_model
     from med42_ray.train.plan import format_plan, make_plan
 
     cfg = load_from_args(args)
-    plan = make_plan(cfg.model, cfg.train.strategy, gpus=args.gpus, tokens=args.tokens, mfu=args.mfu,
+    require_model(cfg.model, "model")
+    plan = make_plan(cfg.model, cfg.train.strategy, peft=cfg.train.peft, gpus=args.gpus, tokens=args.tokens, mfu=args.mfu,
                      peak_tflops=args.peak_tflops, seq_len=args.seq_len, micro_batch_size=cfg.train.micro_batch_size,
                      gpus_per_node=args.gpus_per_node, lora=cfg.train.lora,
                      trust_remote_code=cfg.train.trust_remote_code, zero_stage=cfg.train.resolved_zero_stage())
@@ -62,11 +66,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """
     from pathlib import Path
 
-    from med42_ray.cli import load_from_args
+    from med42_ray.cli import load_from_args, require_model
     from med42_ray.layout import EXPORT_MERGED
     from med42_ray.train.export import merge_adapter
 
     cfg = load_from_args(args)
+    if args.base is not None:
+        require_model(args.base, "--base")
     adapter = Path(args.adapter)
     out = Path(args.out) if args.out else adapter.parent / EXPORT_MERGED
     merge_adapter(adapter, out, base=args.base, max_shard_size=cfg.train.export_max_shard_size,

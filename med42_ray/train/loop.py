@@ -175,14 +175,24 @@ def _resume(engine, cfg: TrainConfig, rank: int, world: int) -> tuple[TrainState
     never loaded (it would fail the same way on every retry Ray Train makes) but named in one line,
     and an older one of the run is used. None intact: an error naming each, for the user to decide
     (trainer.run_train refuses such a run before any worker starts, from the files' sizes).
-    Also returns whether a broken checkpoint was passed over."""
+    Also returns whether a broken checkpoint was passed over.
+
+    A run with no checkpoint of its own yet starts from `train.resume`'s checkpoint when it names
+    one (checked by the driver, trainer.resume_source; Ray Train V2's way to seed a run), and from
+    that one only: the checkpoints beside it belong to another run."""
     import ray.train
 
+    from med42_ray.train.run_record import AUTO, NEVER
+
     latest = ray.train.get_checkpoint()
-    if latest is None:
+    if latest is None and cfg.resume not in (AUTO, NEVER):
+        tried = [ray.train.Checkpoint(cfg.resume)]
+    elif latest is None:
         return TrainState(), False
+    else:
+        tried = checkpointing.candidates(latest)
     broken = []
-    for ckpt in checkpointing.candidates(latest):
+    for ckpt in tried:
         with ckpt.as_directory() as ckpt_dir:
             found = _agreed_problem(checkpointing.problem(ckpt_dir, world, hash_ranks=[rank]), world)
             if found is None:
@@ -222,7 +232,7 @@ def _write_run_info(w: _Worker, startup_s: dict[str, float]) -> None:
         "total_params": total, "world_size": w.world, "zero_stage": cfg.resolved_zero_stage(),
         "seq_len": job.seq_len, "flops_per_token": w.model_flops,
         "peak_flops_per_worker": w.peak, "total_steps": job.total_steps, "epochs": job.epochs,
-        "lr": cfg.resolved_lr(), "lora": cfg.lora.model_dump() if cfg.strategy == "lora" else None,
+        "lr": cfg.resolved_lr(), "adapters": cfg.adapter_settings(),
         "startup_s": startup_s},
         indent=1) + "\n")
 

@@ -162,7 +162,7 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
 
     from med42_ray.cluster import connect
     from med42_ray.model import resolve_model
-    from med42_ray.train import export, trackers
+    from med42_ray.train import export, run_record, trackers
     from med42_ray.train.loop import train_loop_per_worker
 
     started_at = time.time()  # the metrics' wall_s counts from here: the first step's is time-to-first-step
@@ -173,6 +173,9 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
     outputs = job.outputs
     outputs.root.mkdir(parents=True, exist_ok=True)
     resolve_model(cfg.model)  # fail fast here, and build the tiny model once for local workers
+    cfg = cfg.model_copy(update={"train": tcfg.model_copy(update={"resume": resume_source(cfg, job)})})
+    tcfg = cfg.train
+    run_record.check_and_record(storage_path_for(cfg), tcfg, cfg.model, manifest)
     refuse_unresumable(cfg)
     connect(cfg.ray)
 
@@ -217,6 +220,34 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
         checkpoint_path=result.checkpoint.path if result.checkpoint is not None else None,
         exported=outputs.exported(tcfg.strategy) if tcfg.export else {},
     )
+
+
+def resume_source(cfg: RunConfig, job: TrainJob) -> str:
+    """train.resume as the workers get it: auto or never, or the checkpoint to start from, as an
+    absolute path, checked here (presence and sizes, as `refuse_unresumable` checks a run's own)
+    so that a wrong one fails before Ray starts rather than in every worker."""
+    from med42_ray.data.filesystems import is_uri
+    from med42_ray.paths import resolve_path
+    from med42_ray.train import checkpointing, run_record
+
+    resume = cfg.train.resume
+    if resume in (run_record.AUTO, run_record.NEVER) or is_uri(resume):
+        return resume  # a URI: the workers check it, as they check every checkpoint
+    path = resolve_path(resume).resolve()
+    if not path.is_dir():
+        raise ConfigError(f"train.resume: no checkpoint directory at {path} (a step_* directory of a run's "
+                          "storage, or auto or never)")
+    try:
+        found = checkpointing.problem(path, cfg.train.scaling.num_workers, hash_ranks=())
+    except checkpointing.CheckpointError as e:  # written by another number of workers
+        raise ConfigError(f"train.resume: {e}") from None
+    if found is not None:
+        raise ConfigError(f"train.resume: {path} is not an intact checkpoint: {found}")
+    step = json.loads((path / checkpointing.marker_name(0)).read_text())["step"]
+    if step >= job.total_steps:
+        raise ConfigError(f"train.resume: {path} is at step {step}, and this run trains {job.total_steps} "
+                          "steps in all: nothing would be left to train (raise train.max_steps or epochs)")
+    return str(path)
 
 
 def refuse_unresumable(cfg: RunConfig) -> None:
