@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from med42_ray.data.config import PrepareConfig
 from med42_ray.errors import ConfigError
 from med42_ray.eval.config import EvalConfig
 from med42_ray.merge import deep_merge
 from med42_ray.paths import DEFAULT_CONFIG, PACKAGE_SCHEME, resolve_path
-from med42_ray.pipeline.config import PipelineConfig, merged_eval_config, merged_train_config
+from med42_ray.pipeline.config import (RUN_NAMES, PipelineConfig, merged_eval_config, merged_train_config,
+                                       run_settings)
 from med42_ray.strict_model import StrictModel
 from med42_ray.sweep.config import SweepConfig
 from med42_ray.train.config import TrainConfig
@@ -37,6 +38,9 @@ class RayConfig(StrictModel):
 
 class RunConfig(StrictModel):
     run_dir: str = Field("runs/default", description="where this run writes its outputs")
+    upload_to: str | None = Field(
+        None, description="a URI (s3://bucket/runs/x, gs://..., any pyarrow filesystem) each stage's outputs "
+                          "are uploaded to when it ends, laid out as under run_dir (None: local only)")
     seed: int = Field(42, description="seed for sampling, shuffling and model init")
     model: str = Field("tiny-llama", description="HF model id, local HF directory, or 'tiny-llama' (embedded)")
     ray: RayConfig = RayConfig()
@@ -45,6 +49,13 @@ class RunConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     pipeline: PipelineConfig = PipelineConfig()
     sweep: SweepConfig = SweepConfig()
+
+    @field_validator("upload_to")
+    @classmethod
+    def _upload_uri(cls, v: str | None) -> str | None:
+        from med42_ray.upload import check_uri
+
+        return v if v is None else check_uri(v)
 
     @model_validator(mode="after")
     def _pipeline_train_configs_valid(self) -> "RunConfig":
@@ -58,15 +69,22 @@ class RunConfig(StrictModel):
 
         merged("pipeline.evaluate", merged_eval_config, self.evaluate, self.pipeline.evaluate)
         shared = merged("pipeline.train", merged_train_config, self.train, self.pipeline.train)
-        sections = {"full": self.pipeline.full, "lora": self.pipeline.lora}
+        # The runs the pipeline trains, and any other section set (a mistake there is still one).
+        sections = {run: self.pipeline.overrides(run) for run in RUN_NAMES
+                    if run in self.pipeline.strategies or self.pipeline.overrides(run)}
         if self.pipeline.pretrain is not None:
             sections["pretrain.train"] = self.pipeline.pretrain.train
         for name, overrides in sections.items():
-            strategy = {"pretrain.train": "full"}.get(name, name)
+            fixed = run_settings({"pretrain.train": "full"}.get(name, name))
+            strategy, method = fixed["strategy"], fixed.get("peft", {}).get("method")
             if overrides.get("strategy", strategy) != strategy:  # it would be overwritten unseen
                 raise ValueError(f"pipeline.{name}.strategy: this section configures the {strategy} run; "
                                  f"remove the key (got {_shown(overrides['strategy'])})")
-            merged(f"pipeline.{name}", merged_train_config, shared, overrides, strategy=strategy)
+            peft = overrides.get("peft")
+            if method and isinstance(peft, dict) and peft.get("method", method) != method:
+                raise ValueError(f"pipeline.{name}.peft.method: this section configures the {method} run; "
+                                 f"remove the key (got {_shown(peft['method'])})")
+            merged(f"pipeline.{name}", merged_train_config, shared, overrides, **fixed)
         return self
 
 
@@ -82,7 +100,7 @@ def _set_path(tree: dict, dotted: str, value: Any, origin: str) -> None:
 
 
 # The pipeline's layers that refine a section for its stages (pipeline/config.py), most general first.
-PIPELINE_LAYERS = {"train": ("pipeline.train", "pipeline.pretrain.train", "pipeline.full", "pipeline.lora"),
+PIPELINE_LAYERS = {"train": ("pipeline.train", "pipeline.pretrain.train", *(f"pipeline.{r}" for r in RUN_NAMES)),
                    "evaluate": ("pipeline.evaluate",)}
 
 

@@ -3,13 +3,13 @@
     <run_dir>/stages/<stage>.json          pipeline markers
     <run_dir>/prepared/                    prepare: shards/, ledger/, rejects/, manifest.json, contamination.jsonl
     <run_dir>/pretrain/{prepared,train}/   the demo's pre-training of the tiny base
-    <run_dir>/train/<strategy>/            metrics.jsonl, run_info.json, model/ or adapter/ + merged/
+    <run_dir>/train/<run>/                 metrics.jsonl, run_info.json, model/ or adapter/ + merged/
     <run_dir>/ray_results/                 Ray Train checkpoints (unless train.storage_path is set)
     <run_dir>/eval/                        evaluate: results.json, comparison.*, <model>/results.json + samples/
                                            + lm-eval's results_<date>.json, samples_<task>_<date>.jsonl
                                            (the headline protocol), protocols/<name>/ (each of
                                            evaluate.also_protocols, the same layout inside)
-    <run_dir>/eval/<label>/                the pipeline's evaluation of base, full, lora (same layout inside)
+    <run_dir>/eval/<label>/                the pipeline's evaluation of base, full, lora, dora, ... (same layout inside)
     <run_dir>/sweep/                       trials.json, best_config.yaml, best_adapter/, trials/<id>/, tune/
     <run_dir>/report/                      report.md, report.html, report.json, *.png
 
@@ -176,9 +176,10 @@ def train_data_dir_for(cfg: RunConfig) -> PreparedDir:
 
 
 def train_dir_for(cfg: RunConfig) -> TrainDir:
-    """Where `train` writes: train.output_dir, else <run_dir>/train/<strategy>."""
+    """Where `train` writes: train.output_dir, else <run_dir>/train/<run> (full, lora, dora, ...: the
+    pipeline's name of the same run, so the report finds it)."""
     out = cfg.train.output_dir
-    return TrainDir(resolve_path(out).resolve()) if out else layout_for(cfg).train(cfg.train.strategy)
+    return TrainDir(resolve_path(out).resolve()) if out else layout_for(cfg).train(cfg.train.label())
 
 
 def storage_path_for(cfg: RunConfig) -> str:

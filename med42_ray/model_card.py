@@ -49,7 +49,7 @@ def training_facts(train: Any, job: Any, manifest: dict, dtype: str) -> dict:
         "zero_stage": train.resolved_zero_stage(), "seed": job.seed,
     }
     if train.strategy == "lora":
-        hyper["lora"] = train.lora.model_dump()
+        hyper["adapters"] = train.adapter_settings()  # the peft method and its own settings
     return {
         "base_model": job.model,
         "chat_template": manifest.get("template"),

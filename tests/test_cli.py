@@ -38,6 +38,9 @@ OWN = {
         "--num-actors": ("3", {"evaluate.num_actors": 3}),
         **LIMIT,
         "--output-dir": ("eval/here", {"evaluate.output_dir": "eval/here"}),
+        "--num-fewshot": ("3", {"evaluate.num_fewshot": 3}),
+        "--permutations": ("2", {"evaluate.permutations": 2}),
+        "--max-new-tokens": ("64", {"evaluate.max_new_tokens": 64}),
     },
     "sweep": {
         "--num-samples": ("6", {"sweep.num_samples": 6}),

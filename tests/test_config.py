@@ -32,8 +32,8 @@ def test_typed_overrides_are_taken_as_given_and_errors_name_their_origin():
 def test_also_protocols_name_the_key_and_the_headline_comes_first():
     cfg = load_config(None, ["evaluate.protocol=full_text", "evaluate.also_protocols=[harness, full_text]"])
     assert cfg.evaluate.protocols == ["full_text", "harness"]  # the headline is scored once, first
-    with pytest.raises(ConfigError, match=r"evaluate\.also_protocols\.0: Input should be 'harness', 'med42_chat' "
-                                          r"or 'full_text' \(got 'letters'"):
+    with pytest.raises(ConfigError, match=r"evaluate\.also_protocols\.0: Input should be 'harness', 'med42_chat', "
+                                          r"'full_text' or 'cot' \(got 'letters'"):
         load_config(None, ["evaluate.also_protocols=[letters]"])
     with pytest.raises(ConfigError, match=r"evaluate\.also_protocols: .*repeated: harness"):
         load_config(None, ["evaluate.also_protocols=[harness, harness]"])

@@ -206,7 +206,8 @@ def test_every_export_carries_generation_config_and_a_card(run):
         strategy = "lora" if name != EXPORT_MODEL else "full"
         h = facts["hyperparameters"]
         assert h["learning_rate"] == cfgs[strategy].train.resolved_lr() and h["strategy"] == strategy
-        assert (h.get("lora") or {}).get("r") == (cfgs[strategy].train.lora.r if strategy == "lora" else None)
+        assert (h.get("adapters") or {}).get("r") == (cfgs[strategy].train.lora.r if strategy == "lora" else None)
+        assert (h.get("adapters") or {}).get("method") == ("lora" if strategy == "lora" else None)
 
 
 def test_card_model_index_holds_the_evaluation_of_that_export(run, ray_cluster):

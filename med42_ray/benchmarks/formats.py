@@ -22,6 +22,7 @@ T = TypeVar("T")
 
 MEDQA_TEST = "medqa/US/4_options/phrases_no_exclude_test.jsonl"
 MEDQA_DEV = "medqa/US/4_options/phrases_no_exclude_dev.jsonl"  # validation (sweep), never reported
+MEDQA_TRAIN = "medqa/US/4_options/phrases_no_exclude_train.jsonl"  # few-shot examples only
 MEDMCQA_DEV = "medmcqa/dev.json"
 PUBMEDQA_QUESTIONS = "pubmedqa/ori_pqal.json"
 PUBMEDQA_TEST_IDS = "pubmedqa/test_ground_truth.json"
@@ -30,8 +31,8 @@ MMLU_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_me
                  "medical_genetics", "professional_medicine")
 
 
-def mmlu_test_file(subject: str) -> str:
-    return f"mmlu/test/{subject}_test.csv"
+def mmlu_test_file(subject: str, split: str = "test") -> str:
+    return f"mmlu/{split}/{subject}_{split}.csv"
 
 
 def _parsed(parse: Callable[..., T], path: Path, row: Any, *args: Any) -> T:
@@ -65,11 +66,12 @@ def _json(path: Path) -> Any:
 
 def load_medqa(root: Path, split: str = "test") -> Iterator[BenchmarkItem]:
     """MedQA USMLE 4-option test (the file lm-eval's medqa_4options was built from), or its dev
-    split (`medqa_4options_dev`, ids dev-0001...), the same format."""
-    if split not in ("test", "dev"):
-        raise ValueError(f"MedQA split {split!r}: expected 'test' or 'dev'")
-    path = root / (MEDQA_TEST if split == "test" else MEDQA_DEV)
-    name = "medqa_4options" if split == "test" else "medqa_4options_dev"
+    split (`medqa_4options_dev`, ids dev-0001...) or train split (few-shot examples), the same format."""
+    files = {"test": MEDQA_TEST, "dev": MEDQA_DEV, "train": MEDQA_TRAIN}
+    if split not in files:
+        raise ValueError(f"MedQA split {split!r}: expected one of {', '.join(files)}")
+    path = root / files[split]
+    name = "medqa_4options" if split == "test" else f"medqa_4options_{split}"
     for n, row in _jsonl(path):
         mc = _parsed(parse_medqa, path, n, row)
         yield BenchmarkItem(name, f"{split}-{n:04d}", mc.question, mc.options, mc.gold,
@@ -110,13 +112,14 @@ def load_pubmedqa(root: Path) -> Iterator[BenchmarkItem]:
                             meta={"year": questions[pmid].get("YEAR"), "needs_image": False})
 
 
-def load_mmlu(root: Path, subject: str) -> Iterator[BenchmarkItem]:
-    """One MMLU subject's test split: headerless CSV `question,A,B,C,D,answer`."""
-    path = root / mmlu_test_file(subject)
+def load_mmlu(root: Path, subject: str, split: str = "test") -> Iterator[BenchmarkItem]:
+    """One MMLU subject's test split (or dev, its five few-shot examples): headerless CSV
+    `question,A,B,C,D,answer`."""
+    path = root / mmlu_test_file(subject, split)
     with path.open(encoding="utf-8", newline="") as f:
         for n, row in enumerate(csv.reader(f), start=1):
             mc = _parsed(parse_mmlu, path, n, row)
-            yield BenchmarkItem(f"mmlu_{subject}", f"{subject}-test-{n:04d}", mc.question, mc.options, mc.gold,
+            yield BenchmarkItem(f"mmlu_{subject}", f"{subject}-{split}-{n:04d}", mc.question, mc.options, mc.gold,
                                 meta={"subject": subject, "needs_image": False})
 
 

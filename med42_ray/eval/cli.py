@@ -24,11 +24,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     items by the log-likelihood of each choice, as lm-evaluation-harness 0.4 does, on a pool of
     Ray actors per model. Writes results.json, samples/<benchmark>.jsonl per model, and a
     comparison table (Markdown + PNG) with Med42-70B's published numbers; --also-protocols scores
-    other protocols in the same pass, each written to protocols/<name>/ in the same layout. With
+    other protocols in the same pass, each written to protocols/<name>/ in the same layout.
+    --num-fewshot k puts k examples before each question as lm-evaluation-harness chooses them;
+    --permutations k scores the questions again with their options rotated (letter bias). With
     no options it evaluates the embedded tiny model on the embedded sample benchmarks.
     """
     from med42_ray.cli import load_from_args
     from med42_ray.eval.run import run_evaluate
+    from med42_ray.layout import eval_dir_for
+    from med42_ray.upload import upload_outputs
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_from_args(args)
@@ -40,8 +44,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cfg.evaluate.models = models + [_model_spec(t) for t in args.compare_model]  # validated on assignment
     if args.compare_with:
         cfg.evaluate.compare_with = [*cfg.evaluate.compare_with, *args.compare_with]
+    require_inputs(cfg, args.adapter)
     run_evaluate(cfg, adapter=args.adapter)
+    upload_outputs(cfg, eval_dir_for(cfg).root)
     return 0
+
+
+def require_inputs(cfg, adapter: str | None) -> None:
+    """Each model, adapter and the benchmarks directory exist, checked before any actor starts."""
+    from med42_ray.cli import require_adapter, require_dir, require_model
+
+    require_dir(cfg.evaluate.benchmarks_dir, "evaluate.benchmarks_dir")
+    models = [(m.path, m.adapter, f"evaluate.models[{i}]") for i, m in enumerate(cfg.evaluate.models)]
+    for path, adapter_dir, key in models or [(cfg.model, adapter, None)]:
+        require_model(path, f"{key}.path" if key else "model")
+        if adapter_dir is not None:
+            require_adapter(adapter_dir, f"{key}.adapter" if key else "--adapter")
 
 
 def register(sub) -> None:
@@ -61,6 +79,15 @@ def register(sub) -> None:
                          "in the same pass, written to <output-dir>/protocols/<name>/")
     add_config_flag(p, "--num-actors", "evaluate.num_actors", type=int, help="scoring actors per model")
     add_config_flag(p, "--limit", "evaluate.limit", type=int, help="first N questions of each benchmark")
+    add_config_flag(p, "--max-new-tokens", "evaluate.max_new_tokens", type=int,
+                    help="tokens the cot protocol may generate per answer (default 256)")
+    add_config_flag(p, "--num-fewshot", "evaluate.num_fewshot", type=int,
+                    help="k examples before each question, as lm-evaluation-harness 0.4 chooses and renders them "
+                         "(MMLU: the first k of dev; MedQA and USMLE: k drawn with seed 1234 from MedQA train, "
+                         "else dev); benchmarks without a few-shot split are skipped (default: 0)")
+    add_config_flag(p, "--permutations", "evaluate.permutations", type=int,
+                    help="also score every lettered multiple-choice question with its options rotated 1..k "
+                         "places (k <= 3): accuracy under permutation and answer consistency (default: 0)")
     add_config_flag(p, "--output-dir", "evaluate.output_dir", help="where results go (default: <run_dir>/eval)")
     # evaluate-only: more models and earlier results beside the run's own model
     p.add_argument("--compare-model", action="append", default=[], metavar="NAME=MODEL[@ADAPTER]",

@@ -9,8 +9,8 @@ from pydantic import Field, field_validator, model_validator
 from med42_ray.layout import PROTOCOLS_DIR
 from med42_ray.strict_model import StrictModel, require_unique
 
-PROTOCOLS = ("harness", "med42_chat", "full_text")
-Protocol = Literal["harness", "med42_chat", "full_text"]
+PROTOCOLS = ("harness", "med42_chat", "full_text", "cot")
+Protocol = Literal["harness", "med42_chat", "full_text", "cot"]
 
 
 class EvalModel(StrictModel):
@@ -33,7 +33,9 @@ class EvalConfig(StrictModel):
     protocol: Protocol = Field(
         "harness", description="the headline protocol (results.json, the report's table). harness: "
                                "lm-evaluation-harness 0.4 templates; med42_chat: the same question inside "
-                               "Med42's chat template; full_text: score the answer text, not its letter")
+                               "Med42's chat template; full_text: score the answer text, not its letter; "
+                               "cot: greedy chain-of-thought generation, answer letter extracted "
+                               "(eval/generation.py)")
     also_protocols: list[Protocol] = Field(
         default_factory=list, description="protocols scored besides `protocol`, in the same pass on the same "
                                           "actors, each written to <output_dir>/protocols/<name>/ (`protocol` "
@@ -50,6 +52,15 @@ class EvalConfig(StrictModel):
     max_length: int | None = Field(None, ge=16, description="left-truncate prompts to this many tokens "
                                                              "(None: the model's max_position_embeddings)")
     limit: int | None = Field(None, ge=1, description="first N questions of each benchmark (smoke runs)")
+    max_new_tokens: int = Field(256, ge=1, description="tokens the cot protocol may generate per answer "
+                                                       "(lm-eval's max_gen_toks default)")
+    num_fewshot: int = Field(0, ge=0, description="examples before each question, chosen and rendered as "
+                                                  "lm-evaluation-harness 0.4 does (eval/fewshot.py); harness and "
+                                                  "full_text protocols only")
+    fewshot_seed: int = Field(1234, description="seed of lm-eval's default few-shot sampler (its "
+                                                "fewshot_random_seed); MMLU's first_n sampler uses none")
+    permutations: int = Field(0, ge=0, le=3, description="score each multiple-choice question also with its "
+                                                         "options rotated 1..k places (eval/permute.py)")
     max_task_retries: int = Field(3, ge=0, description="times a task is re-sent after its actor died")
     output_dir: str | None = Field(None, description="where results go (None: <run_dir>/eval)")
     compare_with: list[str] = Field(default_factory=list,
@@ -81,4 +92,12 @@ class EvalConfig(StrictModel):
     @model_validator(mode="after")
     def _unique_names(self) -> "EvalConfig":
         require_unique([m.name for m in self.models], "model")
+        return self
+
+    @model_validator(mode="after")
+    def _fewshot_protocols(self) -> "EvalConfig":
+        # lm-eval's text few-shot has no chat form here, and cot is lm-eval's zero-shot CoT template
+        if self.num_fewshot and {"med42_chat", "cot"} & set(self.protocols):
+            raise ValueError("num_fewshot > 0 applies to the harness and full_text protocols; "
+                             "remove med42_chat and cot from protocol/also_protocols or set num_fewshot to 0")
         return self

@@ -163,10 +163,11 @@ def build(model: EvalModel, protocol: str, protocol_description: str,
           rows: Mapping[str, Sequence[dict]], model_result: dict, limit: int | None, seconds: float):
     """(results, samples) in lm-eval 0.4's shape: what its simple_evaluate returns, samples apart."""
     results, configs, samples = {}, {}, {}
+    shots = model_result.get("num_fewshot", 0)
     for name, metrics in model_result["benchmarks"].items():
         if not metrics["n"]:
             continue  # every question excluded: no task to report
-        configs[name] = task_config(name, protocol, protocol_description)
+        configs[name] = {**task_config(name, protocol, protocol_description), "num_fewshot": shots}
         results[name] = task_entry(name, configs[name], metrics)
         names = task_metrics(configs[name])
         samples[name] = [sample(i, it, r, scored[r.key], row, names)
@@ -181,7 +182,7 @@ def build(model: EvalModel, protocol: str, protocol_description: str,
            "configs": configs,
            "versions": {**{n: (c.get("metadata") or {}).get("version", "Yaml") for n, c in configs.items()},
                         **{g: "N/A" for g in groups}},
-           "n-shot": {**{n: 0 for n in configs}, **{g: 0 for g in groups}},
+           "n-shot": {**{n: shots for n in configs}, **{g: shots for g in groups}},
            "higher_is_better": {**higher, **{g: {"acc": True} for g in groups}},
            "n-samples": {n: {"original": BENCHMARKS[n].size, "effective": results[n]["sample_len"]} for n in configs},
            "config": {"model": "med42-ray", "model_args": model_args, "limit": limit, "protocol": protocol,

@@ -12,7 +12,9 @@ installed package's task YAMLs):
   headqa_en       "Question: {q}\\nAnswer:"                                  choices " " + answer text
   usmle_*         no lm-eval task: medqa_4options' template with as many letters as options (A-E...)
 
-The continuation is target_delimiter " " + choice, as lm-eval builds it.
+The continuation is target_delimiter " " + choice, as lm-eval builds it. With k few-shot examples
+(`--num-fewshot`, eval/fewshot.py chooses them) the context is lm-eval's fewshot_context rendered as
+text: description + k x (doc_to_text + " " + answer + "\n\n") + doc_to_text.
 
 `med42_chat`: the question with its lettered options (the training side's `format_multiple_choice`)
 inside Med42's chat template, rendered as training renders it (data/template.py) with the run's
@@ -28,12 +30,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Sequence
 
 from med42_ray.benchmarks import BenchmarkItem
 from med42_ray.data.template import MED42_SYSTEM_PROMPT, med42_generation_prompt
 from med42_ray.records import LETTERS, format_multiple_choice
 
 TARGET_DELIMITER = " "
+FEWSHOT_DELIMITER = "\n\n"  # lm-eval's TaskConfig.fewshot_delimiter, after each example's answer
 
 
 @dataclass(frozen=True)
@@ -69,20 +73,34 @@ def _lettered(choices) -> str:
     return "".join(f"{LETTERS[i]}. {c}\n" for i, c in enumerate(choices))
 
 
-def harness_text(item: BenchmarkItem) -> str:
-    """lm-eval's description + doc_to_text for this item's benchmark."""
-    b = item.benchmark
-    if b in ("medqa_4options", "medqa_4options_dev") or b.startswith("usmle_"):  # dev: the sweep's validation
+def harness_description(benchmark: str) -> str:
+    """lm-eval's task description (MMLU's subject line), put before any few-shot example."""
+    return mmlu_description(benchmark) if benchmark.startswith("mmlu_") else ""
+
+
+def harness_question(item: BenchmarkItem, benchmark: str | None = None) -> str:
+    """lm-eval's doc_to_text for `benchmark`'s template (default: the item's own; a few-shot
+    example from another split is rendered with the template of the question it precedes)."""
+    b = benchmark or item.benchmark
+    if b.startswith(("medqa_4options", "usmle_")):  # _dev: the sweep's validation; _train: few-shot
         return f"Question: {item.question}\n{_lettered(item.choices)}Answer:"
     if b == "medmcqa":
         return f"Question: {item.question}\nChoices:\n{_lettered(item.choices)}Answer:"
     if b == "pubmedqa":
         return f"Abstract: {item.context}\nQuestion: {item.question}\nAnswer:"
     if b.startswith("mmlu_"):
-        return mmlu_description(b) + f"{item.question.strip()}\n{_lettered(item.choices)}Answer:"
+        return f"{item.question.strip()}\n{_lettered(item.choices)}Answer:"
     if b == "headqa_en":
         return f"Question: {item.question}\nAnswer:"
     raise KeyError(f"no prompt template for benchmark {b!r}")
+
+
+def harness_text(item: BenchmarkItem, examples: Sequence[tuple[BenchmarkItem, str]] = ()) -> str:
+    """lm-eval's context: description, then each few-shot example (its doc_to_text, the target
+    delimiter, its answer `str`, the few-shot delimiter), then this item's doc_to_text."""
+    shots = "".join(harness_question(ex, item.benchmark) + TARGET_DELIMITER + answer + FEWSHOT_DELIMITER
+                    for ex, answer in examples)
+    return harness_description(item.benchmark) + shots + harness_question(item)
 
 
 def harness_choices(item: BenchmarkItem) -> tuple[str, ...]:
@@ -103,19 +121,26 @@ def med42_chat_text(item: BenchmarkItem, system_prompt: str | None = MED42_SYSTE
     return med42_generation_prompt([{"role": "user", "content": body}], system_prompt)
 
 
-def build_request(item: BenchmarkItem, protocol: str, system_prompt: str | None = MED42_SYSTEM_PROMPT) -> Request:
+def build_request(item: BenchmarkItem, protocol: str, system_prompt: str | None = MED42_SYSTEM_PROMPT,
+                  examples: Sequence[BenchmarkItem] = ()) -> Request:
     """`system_prompt` (the run's `prepare.system_prompt`, so the model is asked as it was trained)
-    is used by the `med42_chat` protocol only."""
+    is used by the `med42_chat` protocol only. `examples`: few-shot examples (eval/fewshot.py), put
+    before the question as lm-eval puts them, each answered by its gold choice in the form this
+    protocol scores (harness: the letter; full_text: the answer text); not for med42_chat."""
     if protocol == "harness":
         choices = harness_choices(item)
-        context, conts = harness_text(item), tuple(TARGET_DELIMITER + c for c in choices)
+        shots = [(ex, harness_choices(ex)[ex.gold]) for ex in examples]
+        context, conts = harness_text(item, shots), tuple(TARGET_DELIMITER + c for c in choices)
     elif protocol == "med42_chat":
+        if examples:
+            raise ValueError("few-shot examples are for the harness and full_text protocols, not med42_chat")
         choices = tuple(item.choices) if item.benchmark == "headqa_en" else harness_choices(item)
         # the training answers follow "<|assistant|>:" directly ("B. Cisplatin"): no delimiter
         context, conts = med42_chat_text(item, system_prompt), choices
     elif protocol == "full_text":
         choices = tuple(item.choices)
-        context, conts = harness_text(item), tuple(TARGET_DELIMITER + c for c in choices)
+        shots = [(ex, ex.choices[ex.gold]) for ex in examples]
+        context, conts = harness_text(item, shots), tuple(TARGET_DELIMITER + c for c in choices)
     else:
         raise ValueError(f"unknown protocol {protocol!r}")
     return Request(item.benchmark, item.id, context, conts, item.gold, choices)

@@ -43,15 +43,29 @@ def mean_stderr(xs: Sequence[float]) -> float:
     return float(np.std(xs, ddof=1) / math.sqrt(n))
 
 
-def sample_row(item: BenchmarkItem, req: Request, s: Scored) -> dict:
+def _predictions(req: Request, s: Scored) -> tuple[int, int]:
+    """(acc's argmax, acc_norm's argmax: log-likelihood per character of the choice text)."""
     lls = np.array(s.loglikelihoods)
     lengths = np.array([float(len(c)) for c in req.choice_texts])
-    pred, pred_norm = int(np.argmax(lls)), int(np.argmax(lls / lengths))
+    return int(np.argmax(lls)), int(np.argmax(lls / lengths))
+
+
+def sample_row(item: BenchmarkItem, req: Request, s: Scored) -> dict:
+    pred, pred_norm = _predictions(req, s)
     return {"id": item.id, "prompt_hash": req.prompt_hash, "request_key": req.key,
             "loglikelihoods": s.loglikelihoods, "is_greedy": s.is_greedy, "num_tokens": s.num_tokens,
             "prediction": pred, "prediction_norm": pred_norm, "gold": item.gold,
             "acc": float(pred == item.gold), "acc_norm": float(pred_norm == item.gold), "method": s.method,
             **({"step": item.meta["step"]} if "step" in item.meta else {})}
+
+
+def permuted_row(item: BenchmarkItem, j: int, order: Sequence[int], req: Request, s: Scored) -> dict:
+    """One permuted order of `item` (eval/permute.py): `order[p]` is the original index of the option
+    shown at position p; `original_choice` the chosen option's index in the original order."""
+    pred, _ = _predictions(req, s)
+    return {"id": req.item_id, "id_original": item.id, "permutation": j, "order": list(order),
+            "request_key": req.key, "loglikelihoods": s.loglikelihoods, "prediction": pred, "gold": req.gold,
+            "original_choice": order[pred], "acc": float(pred == req.gold)}
 
 
 def benchmark_metrics(rows: Sequence[dict], excluded: int, canonical: int) -> dict:
@@ -130,7 +144,9 @@ def comparison_rows(models: Mapping[str, dict]) -> list[tuple[str, list[float | 
 def comparison_markdown(models: Mapping[str, dict], protocol: str) -> str:
     names = list(models)
     head = "| benchmark | " + " | ".join(names) + " | Med42-70B (published) |"
-    lines = [f"Zero-shot accuracy (%), protocol `{protocol}`.", "", head,
+    shots = sorted({m.get("num_fewshot", 0) for m in models.values()})
+    kind = "Zero-shot" if shots == [0] else "/".join(map(str, shots)) + "-shot"  # earlier results may differ
+    lines = [f"{kind} accuracy (%), protocol `{protocol}`.", "", head,
              "|---|" + "---:|" * (len(names) + 1)]
 
     def fmt(v):
@@ -138,8 +154,32 @@ def comparison_markdown(models: Mapping[str, dict], protocol: str) -> str:
 
     for label, vals, pub in comparison_rows(models):
         lines.append(f"| {label} | " + " | ".join(fmt(v) for v in vals) + f" | {fmt(pub)} |")
+    lines += permutation_markdown(models)
     lines += ["", *[f"- {n}" for n in NOTES]]
     return "\n".join(lines) + "\n"
+
+
+def permutation_markdown(models: Mapping[str, dict]) -> list[str]:
+    """Robustness to option order per benchmark and model (empty without permutations):
+    acc in the original order / mean acc over the permuted orders / share answered consistently."""
+    names = list(models)
+    benches = [b for m in models.values() for b, v in m["benchmarks"].items() if "permutations" in v]
+    benches = list(dict.fromkeys(benches))
+    if not benches:
+        return []
+    k = next(v["permutations"]["k"] for m in models.values() for v in m["benchmarks"].values() if "permutations" in v)
+    title = (f"Options rotated {k} way(s) (eval/permute.py): accuracy in the original order / mean accuracy "
+             "over the rotated orders / share of questions whose chosen option is the same in every order (%).")
+    lines = ["", title, "", "| benchmark | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for b in benches:
+        cells = []
+        for m in models.values():
+            v = m["benchmarks"].get(b, {})
+            p = v.get("permutations")
+            cells.append("—" if p is None else
+                         f"{100 * v['acc']:.1f} / {100 * p['acc_permuted']:.1f} / {100 * p['consistency']:.1f}")
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def comparison_chart(models: Mapping[str, dict], path: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Callable, NamedTuple, Sequence
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
+from med42_ray.eval.generation import GenerationRequest
 from med42_ray.eval.prompts import Request
 from med42_ray.eval.scoring import Scored
 from med42_ray.eval.workers import ScoringActor
@@ -41,15 +42,20 @@ class ModelJob:
     name: str
     path: str
     adapter: str | None
-    requests: list[Request]  # unique by key
+    requests: list[Request | GenerationRequest]  # unique by key
 
 
 @dataclass
 class Task:
     id: int
     model: str
-    requests: list[Request]
+    requests: list[Request | GenerationRequest]  # of one kind: the actor method `method` takes them
     attempts: int = 0
+
+    @property
+    def method(self) -> str:
+        """The ScoringActor method that answers this task: log-likelihoods or generations."""
+        return "generate" if isinstance(self.requests[0], GenerationRequest) else "score"
 
 
 @dataclass
@@ -73,7 +79,7 @@ class _Group:
     actors: list = field(default_factory=list)
     ready: list = field(default_factory=list)  # per actor: is it known alive?
     inflight: list = field(default_factory=list)  # per actor: tasks in flight
-    results: dict = field(default_factory=dict)  # key -> Scored
+    results: dict = field(default_factory=dict)  # key -> Scored (or Generated)
     done_tasks: set = field(default_factory=set)
     total_tasks: int = 0
     started: bool = False
@@ -110,10 +116,16 @@ class RunnerSettings:
     max_task_retries: int = 3
 
 
-def make_tasks(model: str, requests: Sequence[Request], per_task: int, first_id: int = 0) -> list[Task]:
+def make_tasks(model: str, requests: Sequence[Request | GenerationRequest], per_task: int,
+               first_id: int = 0) -> list[Task]:
+    """Tasks of one kind each (scoring or generation), longest prompts first within a kind."""
     ordered = sorted(requests, key=lambda r: len(r.context), reverse=True)
-    return [Task(first_id + i, model, ordered[s: s + per_task])
-            for i, s in enumerate(range(0, len(ordered), per_task))]
+    tasks: list[Task] = []
+    for generative in (False, True):
+        kind = [r for r in ordered if isinstance(r, GenerationRequest) == generative]
+        tasks += [Task(first_id + len(tasks) + i, model, kind[s: s + per_task])
+                  for i, s in enumerate(range(0, len(kind), per_task))]
+    return tasks
 
 
 def _make_groups(jobs: Sequence[ModelJob], per_task: int) -> list[_Group]:
@@ -231,7 +243,8 @@ class _Scheduler:
             while group.ready[i] and group.inflight[i] < IN_FLIGHT_PER_ACTOR and group.queue:
                 task = group.queue.popleft()
                 group.inflight[i] += 1
-                self.pending[actor.score.remote(task.id, task.requests)] = _Pending(group, i, task)
+                call = getattr(actor, task.method).remote(task.id, task.requests)
+                self.pending[call] = _Pending(group, i, task)
 
     # --- answers --------------------------------------------------------------------------------
 
@@ -300,5 +313,6 @@ class _Scheduler:
 
 def run_jobs(jobs: Sequence[ModelJob], settings: RunnerSettings,
              on_event: Callable[[Event], None] | None = None) -> dict[str, dict[str, Scored]]:
-    """Score every job's requests on Ray; returns {model name: {request key: Scored}}."""
+    """Score every job's requests on Ray; returns {model name: {request key: Scored, or Generated
+    for a GenerationRequest}}."""
     return _Scheduler(jobs, settings, on_event).run()

@@ -8,6 +8,8 @@ from typing import Sequence
 
 import torch
 
+from med42_ray.eval import generation
+from med42_ray.eval.generation import Generated, GenerationRequest
 from med42_ray.eval.prompts import Request
 from med42_ray.eval.scoring import Scored, Scorer
 
@@ -65,3 +67,7 @@ class ScoringActor:
 
     def score(self, task_id: int, requests: Sequence[Request]) -> tuple[int, list[Scored]]:
         return task_id, self.scorer.score(requests)
+
+    def generate(self, task_id: int, requests: Sequence[GenerationRequest]) -> tuple[int, list[Generated]]:
+        """Greedy chain-of-thought answers (`evaluate --protocol cot`) from the same loaded model."""
+        return task_id, generation.generate(self.scorer, requests)

@@ -3,6 +3,8 @@
     prepare ─► [pretrain_prepare ─► pretrain] ─► evaluate_base ─► train_full ─► train_lora
             ─► evaluate_full ─► evaluate_lora ─► report
 
+(one train_<run> and evaluate_<run> per entry of pipeline.strategies: full, lora, dora, ...)
+
 Each stage is one call into the package (run_prepare, run_train, run_evaluate, build_report) on a
 config derived from the run config, and writes a marker when it finishes (markers.py). Rerunning
 the same run dir, by hand or by resubmitting the job, skips finished stages; an unfinished
@@ -16,12 +18,15 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from med42_ray.errors import ConfigError
 from med42_ray.layout import EXPORT_ADAPTER, EXPORT_MODEL, export_names, layout_for, prepared_dir_for
-from med42_ray.pipeline.config import merged_eval_config, merged_train_config
+from med42_ray.pipeline.config import merged_eval_config, merged_train_config, pipeline_train_config
 from med42_ray.pipeline.markers import StageMarkers, fingerprint
+from med42_ray.train.run_record import train_inputs
+from med42_ray.upload import upload_outputs
 
 if TYPE_CHECKING:  # annotations only: a stage never imports the config composition at run time
     from med42_ray.config import RunConfig
@@ -29,11 +34,8 @@ if TYPE_CHECKING:  # annotations only: a stage never imports the config composit
 log = logging.getLogger(__name__)
 
 # Settings that change how a stage runs, not what it computes: a resubmission on a different
-# cluster shape must still find its finished stages.
-OPERATIONAL_TRAIN_KEYS = {"scaling", "max_failures", "peak_tflops", "keep_checkpoints", "checkpoint_local_dir",
-                          "checkpoint_upload", "export_resources", "export_max_shard_size", "export_node_wait_s",
-                          "export_merged", "report_every_s", "log_every_steps", "report_to", "tracking_experiment",
-                          "mlflow_tracking_uri", "wandb_mode"}
+# cluster shape must still find its finished stages. Training's are train/run_record.py's (one home:
+# a standalone `train` checks its checkpoints' configuration on the same keys).
 OPERATIONAL_EVAL_KEYS = {"num_actors", "cpus_per_actor", "gpus_per_actor", "progress", "questions_per_task",
                          "max_batch_tokens", "max_task_retries", "output_dir", "models", "compare_with"}
 
@@ -44,6 +46,7 @@ class Stage:
     inputs: Any                      # what the stage computes from; part of its fingerprint
     run: Callable[[], dict]          # does the work; returns what the marker records
     upstream: list[str] = field(default_factory=list)
+    output: Path | None = None       # the directory it writes (uploaded to upload_to when it finishes)
 
 
 class Pipeline:
@@ -64,7 +67,8 @@ class Pipeline:
         prepared = prepared_dir_for(cfg).root
         stages = [Stage("prepare", {"prepare": self._prepare_inputs(cfg.prepare), "model": cfg.model,
                                     "seed": cfg.seed},
-                        lambda: self._prepare(cfg.prepare.model_copy(update={"output_dir": str(prepared)})))]
+                        lambda: self._prepare(cfg.prepare.model_copy(update={"output_dir": str(prepared)})),
+                        output=prepared)]
         base, base_stage = cfg.model, []
         if p.pretrain is not None:
             pre_prepare = cfg.prepare.model_copy(update={
@@ -74,24 +78,25 @@ class Pipeline:
                 raise ConfigError(f"pipeline.pretrain: no source has domain {p.pretrain.domain!r}")
             stages.append(Stage("pretrain_prepare",
                                 {"prepare": self._prepare_inputs(pre_prepare), "model": cfg.model},
-                                lambda: self._prepare(pre_prepare)))
+                                lambda: self._prepare(pre_prepare), output=self.layout.pretrain_prepared.root))
             pre_train = merged_train_config(
                 cfg.train, p.pretrain.train, strategy="full", export=True, run_name=f"{cfg.train.run_name}_pretrain",
                 data_dir=str(self.layout.pretrain_prepared.root), output_dir=str(self.layout.pretrain_train.root))
             stages.append(Stage("pretrain", self._train_inputs(pre_train, cfg.model),
-                                lambda: self._train("pretrain", cfg.model, pre_train), ["pretrain_prepare"]))
+                                lambda: self._train("pretrain", cfg.model, pre_train), ["pretrain_prepare"],
+                                self.layout.pretrain_train.root))
             base, base_stage = str(self.layout.pretrain_train.export(EXPORT_MODEL)), ["pretrain"]
 
         if p.evaluate_base:
             stages.append(self._eval_stage("base", base, None, base_stage))
         trained = []
         for s in p.strategies:
-            tcfg = merged_train_config(
-                cfg.train, getattr(p, s), strategy=s, export=True, run_name=f"{cfg.train.run_name}_{s}",
+            tcfg = pipeline_train_config(
+                cfg.train, p, s, export=True, run_name=f"{cfg.train.run_name}_{s}",
                 data_dir=str(prepared), output_dir=str(self.layout.train(s).root))
             stages.append(Stage(f"train_{s}", self._train_inputs(tcfg, base),
                                 (lambda s=s, tcfg=tcfg: self._train(f"train_{s}", base, tcfg)),
-                                ["prepare", *base_stage]))
+                                ["prepare", *base_stage], self.layout.train(s).root))
             trained.append(s)
         for s in trained:
             out = self.layout.train(s)
@@ -99,7 +104,7 @@ class Pipeline:
                               else (base, str(out.export(EXPORT_ADAPTER))))
             stages.append(self._eval_stage(s, model, adapter, [f"train_{s}"]))
         evals = [st.name for st in stages if st.name.startswith("evaluate_")]
-        stages.append(Stage("report", {}, self._report, evals + [f"train_{s}" for s in trained]))
+        stages.append(Stage("report", {}, self._report, evals + [f"train_{s}" for s in trained], self.layout.report))
         return stages
 
     def _eval_stage(self, label: str, model: str, adapter: str | None, upstream: list[str]) -> Stage:
@@ -108,7 +113,8 @@ class Pipeline:
                   "model": model, "adapter": adapter}
         if ecfg.protocols[1:]:  # only then: a run dir evaluated before also_protocols existed keeps its markers
             inputs["evaluate"]["also_protocols"] = ecfg.protocols[1:]
-        return Stage(f"evaluate_{label}", inputs, lambda: self._evaluate(label, model, adapter), upstream)
+        return Stage(f"evaluate_{label}", inputs, lambda: self._evaluate(label, model, adapter), upstream,
+                     self.layout.eval(label).root)
 
     @staticmethod
     def _prepare_inputs(prepare) -> dict:
@@ -116,7 +122,7 @@ class Pipeline:
 
     @staticmethod
     def _train_inputs(tcfg, model: str) -> dict:
-        return {"train": tcfg.model_dump(exclude=OPERATIONAL_TRAIN_KEYS), "model": model}
+        return train_inputs(tcfg, model)
 
     # ---- what each stage does ---------------------------------------------------------------
 
@@ -197,6 +203,8 @@ class Pipeline:
             seconds = time.perf_counter() - started
             self.markers.write(stage.name, fp, seconds, outputs)
             self.outputs[stage.name] = outputs
+            # After the marker: what is uploaded is a finished stage, marker included.
+            upload_outputs(self.cfg, *([stage.output] if stage.output else []), self.markers.dir)
             print(f"[pipeline] {stage.name}: finished in {seconds:.0f} s", flush=True)
         return self.outputs
 

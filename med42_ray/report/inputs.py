@@ -15,10 +15,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from med42_ray.layout import PROTOCOLS_DIR, EvalDir, RunLayout, TrainDir
+from med42_ray.pipeline.config import RUN_NAMES
 
-# Column / curve order when present; any other sub-directory follows, sorted.
-EVAL_ORDER = ("base", "full", "lora")
-TRAIN_ORDER = ("full", "lora")
+# Column / curve order when present (the pipeline's runs: full, then the adapter methods); any
+# other sub-directory follows, sorted.
+TRAIN_ORDER = RUN_NAMES
+EVAL_ORDER = ("base", *RUN_NAMES)
 
 
 class ReportError(ValueError):

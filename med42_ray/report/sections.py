@@ -12,6 +12,7 @@ from typing import Mapping
 
 from med42_ray.eval.results import MED42_70B_PUBLISHED, comparison_rows
 from med42_ray.report.inputs import TrainingRun
+from med42_ray.train.config import PEFT_METHODS
 
 USMLE_SETS = ("usmle_sample_exam", "usmle_self_assessment")
 PAPER_USMLE_HEADLINE = 72.0  # Med42 paper (arXiv 2404.14779): 72% on the USMLE sample exams
@@ -61,7 +62,10 @@ def usmle_headline(models: Mapping[str, dict]) -> dict:
 # The paper's claim, as this report checks it: each fine-tune beats the base by at least this many
 # standard errors of the difference, and full-parameter is not below LoRA.
 ORDERING_MIN_ERRORS = 2.0
-DIFFERENCES = (("full", "base"), ("lora", "base"), ("full", "lora"))  # (model, minus), when both columns exist
+# (model, minus), when both columns exist: the paper's three, then each other adapter method against
+# the base and against LoRA (pipeline.strategies: [full, lora, dora] adds dora-base and dora-lora).
+DIFFERENCES = (("full", "base"), ("lora", "base"), ("full", "lora"),
+               *((m, minus) for m in PEFT_METHODS if m != "lora" for minus in ("base", "lora")))
 
 
 def pooled_accuracy(models: Mapping[str, dict], protocol: str, headline: bool) -> dict:

@@ -1,18 +1,23 @@
-"""Configuration of `med42-ray sweep`: the LoRA search space, the ASHA scheduler, the validation set."""
+"""Configuration of `med42-ray sweep`: the adapter search space, the ASHA scheduler, the validation set."""
 
 from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from med42_ray.strict_model import StrictModel
+from med42_ray.strict_model import StrictModel, require_unique
+from med42_ray.train.config import PeftMethod
 
 
 class SearchSpace(StrictModel):
     """What each trial samples. The defaults suit a Llama-2 LoRA; the tiny model likes larger lr."""
 
-    r: list[int] = Field(default_factory=lambda: [4, 8, 16], min_length=1, description="LoRA ranks to choose from")
+    methods: list[PeftMethod] = Field(
+        default_factory=lambda: ["lora"], min_length=1,
+        description="adapter methods to choose from (train.peft.method): lora, rslora, dora, ia3, loha, lokr")
+    r: list[int] = Field(default_factory=lambda: [4, 8, 16], min_length=1,
+                         description="ranks to choose from (train.lora.r, or train.peft.loha/lokr.r; IA3 has none)")
     alpha: list[int] = Field(default_factory=lambda: [8, 16, 32], min_length=1,
-                             description="LoRA alphas to choose from (scale = alpha / r)")
+                             description="alphas to choose from (scale = alpha / r; rsLoRA alpha / sqrt(r))")
     lr_min: float = Field(1e-4, gt=0, description="learning rate: log-uniform between lr_min and lr_max")
     lr_max: float = Field(3e-3, gt=0)
 
@@ -21,6 +26,12 @@ class SearchSpace(StrictModel):
     def _positive(cls, v: list[int]) -> list[int]:
         if any(x < 1 for x in v):
             raise ValueError("every value must be >= 1")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        require_unique(v, "method")
         return v
 
     @model_validator(mode="after")

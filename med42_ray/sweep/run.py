@@ -1,4 +1,5 @@
-"""`med42-ray sweep`: Ray Tune over LoRA rank, alpha and learning rate, with ASHA early stopping.
+"""`med42-ray sweep`: Ray Tune over the adapter method (sweep.space.methods: LoRA alone by default,
+or any of rsLoRA, DoRA, IA3, LoHa, LoKr), rank, alpha and learning rate, with ASHA early stopping.
 
 Each Tune trial is the driver of one Ray Train run (`run_train`, the same trainer as `med42-ray
 train`). Inside the train loop the validation split is scored every `eval_every_steps` steps
@@ -8,8 +9,8 @@ at each rung and stops the trials that fall behind, whose Train runs then end at
 resumed chunks would restart its cosine schedule at each chunk) and pays the worker start-up once.
 
 Outputs in <run_dir>/sweep/: trials.json (every trial: params, val_accuracy, steps, stopped early),
-best_config.yaml (the run config with the best r/alpha/lr, for `med42-ray train --config`),
-best_adapter/ (the best trial's exported LoRA adapter), trials/<trial id>/ (each trial's train
+best_config.yaml (the run config with the best method/r/alpha/lr, for `med42-ray train --config`),
+best_adapter/ (the best trial's exported adapter), trials/<trial id>/ (each trial's train
 outputs), tune/ (Tune's and Train's storage, unless train.storage_path is set).
 """
 
@@ -29,6 +30,7 @@ from med42_ray.layout import (EXPORT_ADAPTER, SweepDir, layout_for, storage_path
                               train_data_dir_for)
 from med42_ray.paths import resolve_path
 from med42_ray.sweep.validation import Validation
+from med42_ray.train.config import TrainConfig
 from med42_ray.train.trackers import tune_callbacks
 
 if TYPE_CHECKING:  # annotations only: a stage never imports the config composition at run time
@@ -70,7 +72,7 @@ def load_validation(cfg: RunConfig) -> Validation:
 
 
 def trial_base_config(cfg: RunConfig, sweep_dir: SweepDir, cluster_cpus: float) -> RunConfig:
-    """The run config every trial starts from: LoRA, absolute paths (a Tune trial runs in its own
+    """The run config every trial starts from: the lora strategy, absolute paths (a Tune trial runs in its own
     working directory), the sweep's step budget, and CPU sizing that leaves room for the trial."""
     base = cfg.model_copy(deep=True)
     t = base.train
@@ -100,16 +102,41 @@ def total_steps(cfg: RunConfig) -> int:
 
 
 def apply_params(base: RunConfig, params: dict) -> RunConfig:
+    """A trial's config: its method, its r and alpha in that method's section (none for IA3), its lr."""
     cfg = base.model_copy(deep=True)
-    cfg.train.lora.r = int(params["r"])
-    cfg.train.lora.alpha = int(params["alpha"])
+    cfg.train.peft.method = params["method"]
+    ranks = cfg.train.rank_settings()
+    if ranks is not None:
+        ranks.r = int(params["r"])
+        ranks.alpha = int(params["alpha"])
     cfg.train.lr = float(params["lr"])
     return cfg
 
 
+def check_methods(base: RunConfig) -> None:
+    """Fail before any trial starts when one of sweep.space.methods cannot train with the trials'
+    settings (LoHa and LoKr refuse ZeRO-3)."""
+    from pydantic import ValidationError
+
+    for method in base.sweep.space.methods:
+        tree = base.train.model_dump()
+        tree["peft"]["method"] = method
+        try:
+            TrainConfig.model_validate(tree)
+        except ValidationError as e:
+            raise ConfigError(f"sweep.space.methods: {method}: {e.errors()[0]['msg']}") from None
+
+
+def trial_params(config: dict) -> dict:
+    """What a trial trained with, from its Tune config: r and alpha are None where the method has none."""
+    ranked = TrainConfig(strategy="lora", peft={"method": config["method"]}).rank_settings() is not None
+    return {"method": config["method"], "r": int(config["r"]) if ranked else None,
+            "alpha": int(config["alpha"]) if ranked else None, "lr": float(config["lr"])}
+
+
 def run_trial(params: dict, base: RunConfig, validation: Validation, registry, relay, sweep_dir: SweepDir,
               name: str) -> None:
-    """One Tune trial: a Ray Train run of LoRA with this trial's r/alpha/lr (runs in the trial actor),
+    """One Tune trial: a Ray Train run of this trial's adapter method and r/alpha/lr (runs in the trial actor),
     whose validation reports reach Tune through the sweep's relay (reports.py)."""
     from ray import tune
 
@@ -144,14 +171,15 @@ def run_sweep(cfg: RunConfig) -> SweepResult:
     connect(cfg.ray)
     resources = ray.cluster_resources()
     base = trial_base_config(cfg, sweep_dir, resources.get("CPU", 0))
+    check_methods(base)
     horizon = total_steps(base)
     grace = min(s.grace_period or s.eval_every_steps, horizon)
     concurrent = s.max_concurrent_trials or _default_concurrency(base, resources)
     seed = cfg.seed if s.seed is None else s.seed
-    space = {"r": tune.choice(s.space.r), "alpha": tune.choice(s.space.alpha),
+    space = {"method": tune.choice(s.space.methods), "r": tune.choice(s.space.r), "alpha": tune.choice(s.space.alpha),
              "lr": tune.loguniform(s.space.lr_min, s.space.lr_max) if s.space.lr_min < s.space.lr_max
              else s.space.lr_min}
-    print(f"sweep: {s.num_samples} LoRA trials of {horizon} steps, {concurrent} at a time; validation "
+    print(f"sweep: {s.num_samples} adapter trials ({', '.join(s.space.methods)}) of {horizon} steps, {concurrent} at a time; validation "
           f"{s.benchmark} ({len(validation.items)} questions) every {s.eval_every_steps} steps; ASHA grace "
           f"{grace} steps, reduction factor {s.reduction_factor:g}", flush=True)
 
@@ -199,14 +227,15 @@ def run_sweep(cfg: RunConfig) -> SweepResult:
     shutil.rmtree(best_adapter, ignore_errors=True)
     shutil.copytree(best["adapter"], best_adapter)
     print(format_table(trials, best["trial_id"]), flush=True)
-    print(f"best: trial {best['trial_id']} r={best['params']['r']} alpha={best['params']['alpha']} "
+    print(f"best: trial {best['trial_id']} {best['params']['method']} r={best['params']['r']} "
+          f"alpha={best['params']['alpha']} "
           f"lr={best['params']['lr']:.3g} {METRIC}={best['val_accuracy']:.4f}\n"
           f"wrote {best_config_path}, {best_adapter}, {sweep_dir.trials_json}", flush=True)
     return SweepResult(sweep_dir.root, trials, best, best_config_path, best_adapter)
 
 
 def _export_trial(base: RunConfig, trial: dict, name: str, sweep_dir: SweepDir) -> Path:
-    """Export a completed trial's LoRA adapter (and merged model) from its last checkpoint."""
+    """Export a completed trial's adapter (and merged model) from its last checkpoint."""
     from med42_ray.train.trainer import export_finished_run
 
     cfg = apply_params(base, trial["params"])
@@ -238,8 +267,7 @@ def _trial_record(result, horizon: int, sweep_dir: SweepDir) -> dict:
     status = "error" if result.error else ("completed" if steps >= horizon else "stopped")
     return {
         "trial_id": trial_id,
-        "params": {"r": int(result.config["r"]), "alpha": int(result.config["alpha"]),
-                   "lr": float(result.config["lr"])},
+        "params": trial_params(result.config),
         METRIC: last.get(METRIC),
         "best_" + METRIC: max((h[METRIC] for h in history), default=None),
         "val_gold_prob": last.get("val_gold_prob"),
@@ -264,13 +292,19 @@ def pick_best(trials: list[dict]) -> dict:
 
 
 def format_table(trials: list[dict], best_id: str) -> str:
-    head = f"{'trial':<14} {'r':>3} {'alpha':>5} {'lr':>9} {'steps':>5} {'val_acc':>7} {'gold_p':>6}  status"
+    head = (f"{'trial':<14} {'method':<6} {'r':>3} {'alpha':>5} {'lr':>9} {'steps':>5} {'val_acc':>7} "
+            f"{'gold_p':>6}  status")
     lines = [head, "-" * len(head)]
     for t in trials:
         p = t["params"]
         acc = f"{t[METRIC]:.4f}" if t[METRIC] is not None else "-"
         gp = f"{t['val_gold_prob']:.3f}" if t["val_gold_prob"] is not None else "-"
         mark = "  <- best" if t["trial_id"] == best_id else ""
-        lines.append(f"{t['trial_id']:<14} {p['r']:>3} {p['alpha']:>5} {p['lr']:>9.3g} {t['steps']:>5} "
+        lines.append(f"{t['trial_id']:<14} {p['method']:<6} {_shown(p['r']):>3} {_shown(p['alpha']):>5} "
+                     f"{p['lr']:>9.3g} {t['steps']:>5} "
                      f"{acc:>7} {gp:>6}  {t['status']}{mark}")
     return "\n".join(lines)
+
+
+def _shown(value: int | None) -> str:
+    return "-" if value is None else str(value)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
 from med42_ray.strict_model import StrictModel
 
+# full: every parameter trains. lora: the base is frozen and peft adapters train; which adapters,
+# train.peft.method says (LoRA itself by default).
 Strategy = Literal["full", "lora"]
+
+# The adapter methods of the lora strategy (peft). rslora and dora are LoRA with another scale
+# (alpha / sqrt(r)) or a learned magnitude per output column, so they share train.lora's settings;
+# ia3, loha and lokr have sections of their own under train.peft.
+PeftMethod = Literal["lora", "rslora", "dora", "ia3", "loha", "lokr"]
+PEFT_METHODS: tuple[str, ...] = get_args(PeftMethod)
+LORA_FAMILY = ("lora", "rslora", "dora")
 
 # transformers' attention kernels that keep packed documents apart (train/packing.py): eager and sdpa
 # (any device), flex_attention (torch's compiled kernel with a block-sparse document mask: fast on
@@ -31,6 +40,66 @@ class LoraSettings(StrictModel):
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR),
                                       description="module names LoRA wraps (default: every linear projection)")
+
+
+def _targets_named(v: list[str]) -> list[str]:
+    if not v or any(not m for m in v):
+        raise ValueError("name at least one module, none of them empty")
+    return v
+
+
+class IA3Settings(StrictModel):
+    """(IA)^3 (Liu et al. 2022): a learned vector rescales each target's activations (output
+    features; the input features of a feed-forward one). Defaults: peft's for Llama."""
+
+    target_modules: list[str] = Field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"],
+                                      description="module names IA3 rescales")
+    feedforward_modules: list[str] = Field(default_factory=lambda: ["down_proj"],
+                                           description="those of target_modules whose input IA3 rescales")
+
+    _named = field_validator("target_modules")(_targets_named)
+
+    @model_validator(mode="after")
+    def _feedforward_are_targets(self) -> "IA3Settings":
+        stray = [m for m in self.feedforward_modules if m not in self.target_modules]
+        if stray:
+            raise ValueError(f"feedforward_modules {stray} are not in target_modules {self.target_modules}")
+        return self
+
+
+class LycorisSettings(StrictModel):
+    """LoHa / LoKr (LyCORIS): the weight update is a Hadamard / Kronecker product of low-rank
+    factors. Defaults: peft's (r 8, alpha 8: scale alpha / r)."""
+
+    r: int = Field(8, ge=1, description="rank of the factors")
+    alpha: int = Field(8, ge=1, description="scaling numerator (scale = alpha / r)")
+    rank_dropout: float = Field(0.0, ge=0, lt=1, description="dropout of each rank during training")
+    module_dropout: float = Field(0.0, ge=0, lt=1, description="chance of skipping a module's update in a step")
+    target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR),
+                                      description="module names wrapped (default: every linear projection)")
+
+    _named = field_validator("target_modules")(_targets_named)
+
+
+class LoKrSettings(LycorisSettings):
+    decompose_factor: int = Field(-1, ge=-1, description="Kronecker factor size (-1: as square as possible)")
+    decompose_both: bool = Field(False, description="also factor the left Kronecker matrix into rank r")
+
+    @field_validator("decompose_factor")
+    @classmethod
+    def _not_zero(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("0 is no factor: use -1 (automatic) or a positive size")
+        return v
+
+
+class PeftSettings(StrictModel):
+    method: PeftMethod = Field("lora", description="the lora strategy's adapters: lora, rslora (scale alpha/sqrt(r)), "
+                                                  "dora (weight-decomposed), ia3, loha, lokr; lora, rslora and dora "
+                                                  "take train.lora's settings, the others their section here")
+    ia3: IA3Settings = IA3Settings()
+    loha: LycorisSettings = LycorisSettings()
+    lokr: LoKrSettings = LoKrSettings()
 
 
 class ScalingSettings(StrictModel):
@@ -87,6 +156,7 @@ class TrainConfig(StrictModel):
     trust_remote_code: bool = Field(False, description="allow model code from the hub (off unless you trust it)")
 
     lora: LoraSettings = LoraSettings()
+    peft: PeftSettings = PeftSettings()
 
     # Checkpointing, fault tolerance, storage.
     checkpoint_every_steps: int | None = Field(200, ge=1, description="also checkpoint every N steps (None: epoch ends only)")
@@ -120,6 +190,12 @@ class TrainConfig(StrictModel):
         None, description="W&B mode (None: WANDB_MODE, else online); offline writes run files without an account")
     run_name: str = Field("train", pattern=r"^[A-Za-z0-9_.-]+$",
                           description="Ray Train run name; rerunning the same name in the same storage resumes it")
+    resume: str = Field(
+        "auto", min_length=1,
+        description="auto: a rerun of the same run_name continues its newest intact checkpoint; never: refuse "
+                    "to start a run that already has checkpoints; a checkpoint directory (a step_* of a run, "
+                    "local or a URI): start this run from it (once the run has checkpoints of its own, a rerun "
+                    "continues those)")
 
     scaling: ScalingSettings = ScalingSettings()
     peak_tflops: float | None = Field(None, gt=0, description="peak FLOP/s per worker for MFU (None: detect the GPU)")
@@ -161,6 +237,17 @@ class TrainConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _loha_below_zero3(self) -> "TrainConfig":
+        # peft 0.21's LoHa sizes its factors from the base weight's shape when it wraps a layer, and
+        # under ZeRO-3 each worker holds only an empty placeholder of it (IndexError in peft). The
+        # other methods read the layer's in/out features and train on a fully partitioned model.
+        if self.strategy == "lora" and self.peft.method == "loha" and self.resolved_zero_stage() == 3:
+            raise ValueError("peft.method loha does not work with zero_stage 3 (peft sizes its factors from the "
+                             "base weights, which ZeRO-3 partitions away before they are wrapped): set zero_stage "
+                             "1 or 2, or use lora, rslora, dora, ia3 or lokr")
+        return self
+
+    @model_validator(mode="after")
     def _flash_attention_needs_gpu_and_half_precision(self) -> "TrainConfig":
         attn = self.attn_implementation
         if attn.startswith("flash_attention") and not self.scaling.use_gpu:
@@ -170,6 +257,26 @@ class TrainConfig(StrictModel):
             raise ValueError(f"attn_implementation {attn} computes in bf16/fp16 only: set precision bf16 "
                              "(or auto), or use sdpa or flex_attention for fp32")
         return self
+
+    def label(self) -> str:
+        """What this run is called in outputs and reports: full, or its adapter method (lora, dora, ...)."""
+        return "full" if self.strategy == "full" else self.peft.method
+
+    def adapter_settings(self) -> dict | None:
+        """What the adapters were trained with, for records and model cards: the method and its
+        section's settings (None for full)."""
+        if self.strategy == "full":
+            return None
+        method = self.peft.method
+        section = self.lora if method in LORA_FAMILY else getattr(self.peft, method)
+        return {"method": method, **section.model_dump()}
+
+    def rank_settings(self) -> LoraSettings | LycorisSettings | None:
+        """The section holding the adapters' r and alpha for train.peft.method (IA3 has none)."""
+        method = self.peft.method
+        if method in LORA_FAMILY:
+            return self.lora
+        return {"loha": self.peft.loha, "lokr": self.peft.lokr}.get(method)
 
     def resolved_epochs(self) -> int:
         return self.epochs if self.epochs is not None else STRATEGY_DEFAULTS[self.strategy]["epochs"]

@@ -1,8 +1,9 @@
 """`med42-ray plan`: parameters, memory per GPU and training time for a model and a strategy.
 
 Parameter counts come from the real module tree: the model is built on PyTorch's meta device
-(no memory, no download: a preset config.json is enough) and, for LoRA, wrapped by peft exactly
-as training wraps it. Nothing is counted by formula.
+(no memory, no download: a preset config.json is enough) and, for the lora strategy, wrapped by
+peft exactly as training wraps it (train.peft.method: LoRA, rsLoRA, DoRA, IA3, LoHa, LoKr).
+Nothing is counted by formula.
 
 Memory per GPU (bytes; bf16 weights, fp32 AdamW; Ψ all parameters, Ψt trainable, N GPUs,
 ℓ the largest layer's parameters), DeepSpeed's accounting:
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from med42_ray.train.config import LoraSettings, Strategy
+from med42_ray.train.config import LoraSettings, PeftSettings, Strategy
 from med42_ray.train.metrics import flops_per_token
 
 GiB = 1024**3
@@ -48,6 +49,7 @@ class MemoryRow:
 class Plan:
     model: str
     strategy: str
+    peft_method: str | None      # the lora strategy's adapters (train.peft.method); None for full
     total_params: int
     trainable_params: int
     largest_layer_params: int
@@ -70,8 +72,8 @@ class Plan:
 
 
 def build_meta_model(model: str, strategy: Strategy, lora: LoraSettings | None = None,
-                     trust_remote_code: bool = False) -> torch.nn.Module:
-    """The model (LoRA-wrapped for 'lora') on the meta device: exact shapes, no memory."""
+                     trust_remote_code: bool = False, peft: PeftSettings | None = None) -> torch.nn.Module:
+    """The model (with the adapters of `peft.method` for 'lora') on the meta device: exact shapes, no memory."""
     from transformers import AutoModelForCausalLM
 
     from med42_ray.model.presets import load_model_config
@@ -80,12 +82,11 @@ def build_meta_model(model: str, strategy: Strategy, lora: LoraSettings | None =
     with torch.device("meta"):
         module = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     if strategy == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        lora = lora or LoraSettings()
-        module = get_peft_model(module, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+        from med42_ray.train.strategies import peft_config
+
+        module = get_peft_model(module, peft_config(lora or LoraSettings(), peft or PeftSettings()))
     return module
 
 
@@ -160,8 +161,9 @@ def checkpoint_bytes(trainable: int, stage: int) -> dict[str, int]:
 
 def make_plan(model: str, strategy: Strategy, gpus: int, tokens: int, mfu: float, peak_tflops: float,
               seq_len: int = 4096, micro_batch_size: int = 1, gpus_per_node: int = 8,
-              lora: LoraSettings | None = None, trust_remote_code: bool = False, zero_stage: int = 3) -> Plan:
-    module = build_meta_model(model, strategy, lora, trust_remote_code)
+              lora: LoraSettings | None = None, trust_remote_code: bool = False, zero_stage: int = 3,
+              peft: PeftSettings | None = None) -> Plan:
+    module = build_meta_model(model, strategy, lora, trust_remote_code, peft)
     total, trainable, largest = count_parameters(module)
     config = module.config if strategy == "full" else module.base_model.model.config
     rows = []
@@ -178,7 +180,8 @@ def make_plan(model: str, strategy: Strategy, gpus: int, tokens: int, mfu: float
             rows.append(row)
     fpt = flops_per_token(module, config.num_hidden_layers, config.hidden_size, seq_len)
     tokens_per_s = mfu * peak_tflops * 1e12 * gpus / fpt
-    return Plan(model=model, strategy=strategy, total_params=total, trainable_params=trainable,
+    method = (peft or PeftSettings()).method if strategy == "lora" else None
+    return Plan(model=model, strategy=strategy, peft_method=method, total_params=total, trainable_params=trainable,
                 largest_layer_params=largest, gpus=gpus, gpus_per_node=gpus_per_node, seq_len=seq_len,
                 micro_batch_size=micro_batch_size,
                 activation_bytes_per_gpu=activation_bytes(config, seq_len, micro_batch_size),
@@ -192,7 +195,7 @@ def format_plan(plan: Plan) -> str:
         return "-" if n is None else f"{n / GiB:,.1f}"
 
     lines = [
-        f"model {plan.model}, strategy {plan.strategy}",
+        f"model {plan.model}, strategy {plan.strategy}" + (f" ({plan.peft_method})" if plan.peft_method else ""),
         f"  total parameters:      {plan.total_params:,}",
         f"  trainable parameters:  {plan.trainable_params:,} "
         f"({100 * plan.trainable_params / plan.total_params:.3f}%)",

@@ -3,8 +3,10 @@
 full: every parameter trains, ZeRO-3 by default; the model is created inside DeepSpeed's
       `zero.Init` (via transformers' HfDeepSpeedConfig), so each worker only ever holds its own
       partition of the weights: a 70B model is never materialised whole on one worker.
-lora: the base model is frozen and peft adds rank-r adapters to every linear projection;
-      ZeRO-2 by default (set zero_stage 3 for a base that does not fit one GPU).
+lora: the base model is frozen and peft adds adapters (train.peft.method: LoRA's rank-r pairs on
+      every linear projection by default; rsLoRA, DoRA, IA3, LoHa or LoKr); ZeRO-2 by default (set
+      zero_stage 3 for a base that does not fit one GPU). Whatever the method, only the adapters
+      require gradients, so checkpoints, restore and export treat them all alike.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 
 from med42_ray.errors import ConfigError
-from med42_ray.train.config import TrainConfig
+from med42_ray.train.config import LORA_FAMILY, LoraSettings, PeftSettings, TrainConfig
 
 
 @dataclass
@@ -121,11 +123,34 @@ def flash_kernel_available(attn: str) -> bool:
 
 
 def wrap_lora(cfg: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
-    from peft import LoraConfig, get_peft_model
+    """The lora strategy's model: `model` frozen, with train.peft.method's adapters (training,
+    export and `plan` all wrap through here, so the adapters' names and shapes agree)."""
+    from peft import get_peft_model
 
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    return get_peft_model(model, peft_config(cfg.lora, cfg.peft))
+
+
+def peft_config(lora: LoraSettings, settings: PeftSettings):
+    """peft's config for the chosen method, from its section of the train config."""
+    from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig
+
+    method = settings.method
+    if method in LORA_FAMILY:
+        return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
+                          use_rslora=method == "rslora", use_dora=method == "dora")
+    if method == "ia3":
+        ia3 = settings.ia3
+        return IA3Config(target_modules=list(ia3.target_modules), feedforward_modules=list(ia3.feedforward_modules),
+                         task_type="CAUSAL_LM")
+    lycoris = settings.loha if method == "loha" else settings.lokr
+    common = dict(r=lycoris.r, alpha=lycoris.alpha, rank_dropout=lycoris.rank_dropout,
+                  module_dropout=lycoris.module_dropout, target_modules=list(lycoris.target_modules),
+                  task_type="CAUSAL_LM")
+    if method == "loha":
+        return LoHaConfig(**common)
+    return LoKrConfig(**common, decompose_factor=settings.lokr.decompose_factor,
+                      decompose_both=settings.lokr.decompose_both)
 
 
 def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
