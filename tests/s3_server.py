@@ -8,10 +8,10 @@ per test. Fake values: nothing here may reach a real cloud account."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pyarrow.fs as pafs
+from ray_head import free_port
 
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_SESSION_TOKEN="testing",
                   AWS_EC2_METADATA_DISABLED="true")
@@ -41,9 +41,7 @@ def start_s3():
     import pytest
 
     moto_server = pytest.importorskip("moto.server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",

@@ -278,13 +278,12 @@ for _ in range(2):
 @pytest.mark.parametrize("method", PEFT_METHODS)
 def test_methods_on_a_fully_partitioned_zero3_model(method, tiny_model_dir, tmp_path):
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from ray_head import free_port
+
+    port = free_port()
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
            "LOCAL_RANK": "0"}
     run = subprocess.run([sys.executable, "-c", ZERO3_STEPS, method], env=env, capture_output=True, text=True,

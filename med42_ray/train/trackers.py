@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STEP_FIGURES = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "epoch")
+from med42_ray.ray_metrics import TRAIN_FIGURES
+
+STEP_FIGURES = tuple(k for k in TRAIN_FIGURES if k != "step")  # the step is each tracker's x-axis
 
 
 @dataclass
@@ -132,8 +134,9 @@ def tune_callbacks(cfg, experiment_dir: Path) -> list:
     if "mlflow" in t.report_to:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-        _allow_file_store(mlflow_uri(cfg))
-        callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow_uri(cfg), experiment_name=t.tracking_experiment,
+        uri = mlflow_uri(cfg)
+        _allow_file_store(uri)
+        callbacks.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=t.tracking_experiment,
                                               save_artifact=False))
     if "wandb" in t.report_to:
         from ray.air.integrations.wandb import WandbLoggerCallback
