@@ -65,7 +65,9 @@ def run_ours(model_dir: str, n: int, num_actors: int, root: str, workdir: Path) 
 
     cfg = load_config(None, [f"run_dir={workdir}", f"evaluate.benchmarks_dir={root}",
                              f"evaluate.benchmarks=[{BENCHMARK}]", f"evaluate.num_actors={num_actors}",
-                             f"evaluate.limit={n}", "evaluate.progress=false", f"ray.num_cpus={os.cpu_count()}",
+                             f"evaluate.limit={n}", "evaluate.progress=false",
+                             "evaluate.cost_questions=0",  # lm-eval measures no inference cost: like for like
+                             f"ray.num_cpus={os.cpu_count()}",
                              "ray.dashboard=false"])
     cfg.evaluate.models = [{"name": "model", "path": model_dir}]
     connect(cfg.ray)  # cluster start-up is paid once per cluster, not per evaluation

@@ -3,7 +3,8 @@
     <run_dir>/stages/<stage>.json          pipeline markers
     <run_dir>/prepared/                    prepare: shards/, ledger/, rejects/, manifest.json, contamination.jsonl
     <run_dir>/pretrain/{prepared,train}/   the demo's pre-training of the tiny base
-    <run_dir>/train/<run>/                 metrics.jsonl, run_info.json, model/ or adapter/ + merged/
+    <run_dir>/train/<run>/                 metrics.jsonl, run_info.json, worker_memory.json, cost.json,
+                                           model/ or adapter/ + merged/
     <run_dir>/ray_results/                 Ray Train checkpoints (unless train.storage_path is set)
     <run_dir>/eval/                        evaluate: results.json, comparison.*, <model>/results.json + samples/
                                            + lm-eval's results_<date>.json, samples_<task>_<date>.jsonl
@@ -77,6 +78,8 @@ class TrainDir:
 
     metrics = _at("metrics.jsonl")
     run_info = _at("run_info.json")
+    worker_memory = _at("worker_memory.json")  # every worker's peak memory (rank 0; train/cost.py)
+    cost = _at("cost.json")                    # wall time, accelerator-hours, sizes, plan (the driver)
 
     def export(self, name: str) -> Path:
         return self.root / name

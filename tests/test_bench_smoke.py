@@ -78,3 +78,20 @@ def test_bench_train_smoke(request, tmp_path):
     assert ours["loss_last"] < ours["loss_first"]
     assert 0 < ours["first_step_s"] < ours["wall_s"] and ours["wall_over_compute"] >= 1
     assert r["plain"]["wall_over_compute"] >= 1
+
+
+def test_bench_eval_modes_smoke(request, tmp_path):
+    r = run_smoke("bench_eval_modes.py", request, tmp_path)  # 4 questions of each benchmark of the packaged sample
+    modes = r["modes"]
+    assert list(modes) == ["zero_shot_first", "fewshot_3", "cot", "permutations_3", "zero_shot_last"]
+    for key, m in modes.items():
+        assert m["questions_per_s"] > 0 and m["cpu_s"] > 0 and m["ratio"] > 0 and 0 <= m["acc"] <= 1, key
+    first, last = modes["zero_shot_first"], modes["zero_shot_last"]
+    assert first["questions"] == last["questions"] == 8 and r["zero_shot_runs_agree"]
+    assert r["baseline"]["wall_s"] == pytest.approx((first["wall_s"] + last["wall_s"]) / 2)
+    pools = modes["fewshot_3"]["fewshot"]["pools"]  # the sample has MedQA dev, no MMLU dev split
+    assert all(p["split"] in ("train", "dev") for p in pools.values())
+    assert modes["fewshot_3"]["questions"] == 4 * len(pools) > 0
+    assert modes["cot"]["forward_requests"] == 8 and 0 <= modes["cot"]["unparsed"] <= 1
+    perm = modes["permutations_3"]  # both benchmarks list lettered options: 3 rotations each
+    assert perm["questions"] == 8 and perm["permuted_questions"] == 24 and perm["forward_requests"] == 32

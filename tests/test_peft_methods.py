@@ -236,7 +236,7 @@ def test_pipeline_with_full_lora_and_dora_reports_all_three(ray_cluster, tmp_pat
     torch.set_num_threads(2)
     cfg = load_config(None, [f"run_dir={tmp_path}", "pipeline.pretrain=null", "pipeline.strategies=[full, lora, dora]",
                              "pipeline.full.max_steps=2", "pipeline.lora.max_steps=2", "pipeline.dora.max_steps=2",
-                             "pipeline.evaluate.also_protocols=[]", "evaluate.limit=4"])
+                             "pipeline.evaluate.also_protocols=[]", "evaluate.limit=4", "evaluate.cost_questions=8"])
     outputs = run_pipeline(cfg)
     assert outputs["train_dora"]["adapter"] == str(tmp_path / "train" / "dora" / "adapter")
     report = json.loads((tmp_path / "report" / "report.json").read_text())
@@ -245,6 +245,44 @@ def test_pipeline_with_full_lora_and_dora_reports_all_three(ray_cluster, tmp_pat
     pooled = report["pooled"][report["headline_protocol"]]
     assert {"dora-base", "dora-lora"} <= set(pooled["differences"])
     assert "**dora**" in (tmp_path / "report" / "report.md").read_text()
+    _check_measured_cost(tmp_path, report["cost"])
+
+
+def _check_measured_cost(run_dir, cost):
+    """What the report's cost section says is what the run left on disk (issue 16 item 1)."""
+    from pyarrow import fs
+    from ray.train import Result
+
+    from med42_ray.layout import RunLayout
+    from med42_ray.train.cost import tree_bytes
+
+    layout = RunLayout(run_dir)
+    assert list(cost["training"]) == ["full", "lora", "dora"]
+    for name, t in cost["training"].items():
+        steps = [json.loads(line)["step_time_s"] for line in layout.train(name).metrics.read_text().splitlines()]
+        assert t["wall_time_s"] > sum(steps)  # start-up and export besides the steps
+        assert t["accelerator"] == "CPU" and len(t["peak_memory_per_worker"]) == t["workers"]
+        assert all(p["host_bytes"] > 100 * 2**20 and p["device_bytes"] is None for p in t["peak_memory_per_worker"])
+        final = Result.from_path(str(layout.ray_results / f"train_{name}")).checkpoint
+        assert t["checkpoint_bytes"] == tree_bytes(fs.LocalFileSystem(), final.path) > 0
+        on_disk = {e: tree_bytes(fs.LocalFileSystem(), str(p)) for e, p in layout.train(name).exported(name).items()}
+        assert set(t["export_bytes"]) == set(on_disk) == set(t["plan"]["export_bytes"])
+        # measured when training returned; evaluation adds its results to each export's model card later
+        assert all(t["export_bytes"][e] <= on_disk[e] < t["export_bytes"][e] + 2**16 for e in on_disk)
+        # plan's export estimate is weights only: the files on disk are those plus config and tokenizer
+        assert all(0.9 < on_disk[e] / t["plan"]["export_bytes"][e] < 3 for e in on_disk)
+    inference = cost["inference"]
+    assert {c: list(v) for c, v in inference.items()} == {
+        "base": ["model"], "full": ["model"], "lora": ["unmerged", "merged"], "dora": ["unmerged", "merged"]}
+    for variants in inference.values():
+        for f in variants.values():
+            assert f["questions"] == 8 and f["questions_per_s"] > 0 and f["peak_host_bytes"] > 100 * 2**20
+    for method in ("lora", "dora"):  # merging drops the adapter's own weights
+        assert inference[method]["merged"]["params"] == inference["base"]["model"]["params"] \
+            < inference[method]["unmerged"]["params"]
+    hours = {p["model"]: p["accelerator_hours"] for p in cost["accuracy_vs_hours"]}
+    assert hours["base"] == 0 and all(hours[s] == cost["training"][s]["accelerator_hours"] > 0 for s in cost["training"])
+    assert (run_dir / "report" / "cost.png").is_file()
 
 
 # Every parameter partitioned: on the tiny model ZeRO-3 would otherwise keep each (small) weight

@@ -104,4 +104,32 @@ def test_evaluate_with_permutations_and_fewshot(ray_cluster, raw_dir, tmp_path):
     for row, exp in zip(rows, expected):
         assert row["loglikelihoods"] == pytest.approx(exp, abs=1e-4)
     assert "Options rotated 2 way(s)" in (tmp_path / "eval" / "comparison.md").read_text()
+    from med42_ray.report import build_report  # and the run's report shows the same numbers
+
+    md = build_report(tmp_path).read_text()
+    robustness = json.loads((tmp_path / "report" / "report.json").read_text())["robustness"]
+    assert {r["benchmark"]: r["cells"]["tiny"]["consistency"] for r in robustness["rows"]} == {
+        b: v["permutations"]["consistency"] for b, v in result.items()}
+    assert "## Robustness to option order" in md and "| **pooled** |" in md
     assert "2-shot accuracy" in (tmp_path / "eval" / "comparison.md").read_text()
+
+
+def test_report_pools_permutation_figures_over_questions():
+    from med42_ray.eval.results import permutation_markdown, permutation_table
+
+    def bench(acc, perm, consistency, n):
+        return {"acc": acc, "permutations": {"k": 2, "acc_permuted": perm, "acc_all_orders": perm / 2,
+                                             "consistency": consistency, "n": n}}
+
+    models = {"base": {"benchmarks": {"medqa_4options": bench(0.5, 0.25, 0.5, 30), "pubmedqa": {"acc": 0.6}}},
+              "full": {"benchmarks": {"medqa_4options": bench(0.6, 0.5, 0.75, 30),
+                                      "mmlu_anatomy": bench(0.7, 0.7, 1.0, 10)}}}
+    table = permutation_table(models)
+    assert [r["benchmark"] for r in table["rows"]] == ["medqa_4options", "mmlu_anatomy"]
+    assert table["rows"][1]["cells"]["base"] is None
+    assert table["pooled"]["base"] == {"acc": 0.5, "acc_permuted": 0.25, "acc_all_orders": 0.125,
+                                       "consistency": 0.5, "n": 30}
+    full = table["pooled"]["full"]
+    assert full["n"] == 40 and full["consistency"] == pytest.approx((0.75 * 30 + 1.0 * 10) / 40)
+    assert "| **pooled** | 50.0 / 25.0 / 50.0 | 62.5 / 55.0 / 81.2 |" in permutation_markdown(models)
+    assert permutation_table({"base": {"benchmarks": {"pubmedqa": {"acc": 0.6}}}}) is None

@@ -61,6 +61,9 @@ class EvalConfig(StrictModel):
                                                 "fewshot_random_seed); MMLU's first_n sampler uses none")
     permutations: int = Field(0, ge=0, le=3, description="score each multiple-choice question also with its "
                                                          "options rotated 1..k places (eval/permute.py)")
+    cost_questions: int = Field(32, ge=0, description="after the pass, time each model alone on this many "
+                                                      "questions, and an adapter also merged (eval/cost.py; "
+                                                      "0: not measured)")
     max_task_retries: int = Field(3, ge=0, description="times a task is re-sent after its actor died")
     output_dir: str | None = Field(None, description="where results go (None: <run_dir>/eval)")
     compare_with: list[str] = Field(default_factory=list,

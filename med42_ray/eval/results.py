@@ -159,26 +159,55 @@ def comparison_markdown(models: Mapping[str, dict], protocol: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def permutation_markdown(models: Mapping[str, dict]) -> list[str]:
-    """Robustness to option order per benchmark and model (empty without permutations):
-    acc in the original order / mean acc over the permuted orders / share answered consistently."""
-    names = list(models)
-    benches = [b for m in models.values() for b, v in m["benchmarks"].items() if "permutations" in v]
-    benches = list(dict.fromkeys(benches))
+def permutation_table(models: Mapping[str, dict]) -> dict | None:
+    """Robustness to option order (None without permutations): per benchmark and model, accuracy in
+    the original order, mean accuracy over the rotated orders, right in every order, and the share
+    of questions whose chosen option is the same in every order; then those pooled over the
+    benchmarks, each question counted once."""
+    benches = list(dict.fromkeys(b for m in models.values() for b, v in m["benchmarks"].items() if "permutations" in v))
     if not benches:
-        return []
+        return None
     k = next(v["permutations"]["k"] for m in models.values() for v in m["benchmarks"].values() if "permutations" in v)
-    title = (f"Options rotated {k} way(s) (eval/permute.py): accuracy in the original order / mean accuracy "
-             "over the rotated orders / share of questions whose chosen option is the same in every order (%).")
-    lines = ["", title, "", "| benchmark | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    rows = []
     for b in benches:
-        cells = []
-        for m in models.values():
+        cells = {}
+        for name, m in models.items():
             v = m["benchmarks"].get(b, {})
             p = v.get("permutations")
-            cells.append("—" if p is None else
-                         f"{100 * v['acc']:.1f} / {100 * p['acc_permuted']:.1f} / {100 * p['consistency']:.1f}")
-        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+            cells[name] = None if p is None else {"acc": v["acc"], **{f: p[f] for f in PERMUTATION_FIGURES}}
+        rows.append({"benchmark": b, "cells": cells})
+    pooled = {}
+    for name in models:
+        cs = [r["cells"][name] for r in rows if r["cells"][name] is not None]
+        n = sum(c["n"] for c in cs)
+        pooled[name] = None if not n else {
+            **{f: sum(c[f] * c["n"] for c in cs) / n for f in ("acc", *PERMUTATION_FIGURES) if f != "n"}, "n": n}
+    return {"k": k, "rows": rows, "pooled": pooled}
+
+
+PERMUTATION_FIGURES = ("acc_permuted", "acc_all_orders", "consistency", "n")  # permute.permutation_metrics'
+
+
+def permutation_cell(c: dict | None) -> str:
+    return "—" if c is None else f"{100 * c['acc']:.1f} / {100 * c['acc_permuted']:.1f} / {100 * c['consistency']:.1f}"
+
+
+def permutation_title(k: int) -> str:
+    return (f"Options rotated {k} way(s) (eval/permute.py): accuracy in the original order / mean accuracy "
+            "over the rotated orders / share of questions whose chosen option is the same in every order (%).")
+
+
+def permutation_markdown(models: Mapping[str, dict]) -> list[str]:
+    """permutation_table as Markdown lines (empty without permutations)."""
+    table = permutation_table(models)
+    if table is None:
+        return []
+    names = list(models)
+    lines = ["", permutation_title(table["k"]), "", "| benchmark | " + " | ".join(names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for r in table["rows"]:
+        lines.append(f"| {r['benchmark']} | " + " | ".join(permutation_cell(r["cells"][n]) for n in names) + " |")
+    lines.append("| **pooled** | " + " | ".join(permutation_cell(table["pooled"][n]) for n in names) + " |")
     return lines
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from med42_ray.benchmarks import BENCHMARKS, BenchmarkItem, load_benchmarks
-from med42_ray.eval import fewshot, generation, lm_eval_format, permute
+from med42_ray.eval import cost, fewshot, generation, lm_eval_format, permute
 from med42_ray.eval import results as res
 from med42_ray.eval.config import EvalModel
 from med42_ray.eval.generation import build_cot_request
@@ -217,13 +217,16 @@ def run_evaluate(cfg: RunConfig, adapter: str | None = None,
                               questions_per_task=ecfg.questions_per_task, max_batch_tokens=ecfg.max_batch_tokens,
                               max_length=ecfg.max_length, max_task_retries=ecfg.max_task_retries)
     # one job per model for every protocol together: the same actors score all of them
-    jobs = [ModelJob(m.name, m.path, m.adapter, list(unique.values())) for m in models]
+    sample = cost.first_questions(requests[ecfg.protocol], ecfg.cost_questions) if ecfg.cost_questions else []
+    jobs = [ModelJob(m.name, m.path, m.adapter, list(unique.values()), cost_requests=sample) for m in models]
     start = time.perf_counter()
     try:
         scored = run_jobs(jobs, settings, on_event=event)
     finally:
         progress.close()
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start  # the cost measurements included: they are part of the pass
+    inference_cost = {j.name: j.cost for j in jobs if j.cost}
+    _print_cost(inference_cost)
 
     # what every protocol's summary shares: `seconds` is the one pass that scored them all
     common = {"benchmarks_dir": str(root), "limit": ecfg.limit, "seconds": round(seconds, 2),
@@ -234,6 +237,7 @@ def run_evaluate(cfg: RunConfig, adapter: str | None = None,
               "questions_per_second":
                   round(len(models) * (len(protocols) * n_questions + n_permuted_all) / seconds, 2) if seconds else None,
               "skipped_benchmarks": [n for n in (ecfg.benchmarks or BENCHMARKS) if n not in benches],
+              **({"inference_cost": inference_cost} if inference_cost else {}),
               "notes": res.NOTES}
     if "usmle_self_assessment" in benches:
         from med42_ray.benchmarks import usmle
@@ -249,6 +253,13 @@ def run_evaluate(cfg: RunConfig, adapter: str | None = None,
     print(f"wrote {out.summary}, {out.comparison_md.name}, {out.comparison_png.name} and per-model samples/"
           f"{others} ({seconds:.1f} s, {common['questions_per_second']} questions/s)", flush=True)
     return summaries[ecfg.protocol]
+
+
+def _print_cost(inference_cost: dict) -> None:
+    for model, by_variant in inference_cost.items():
+        print(f"inference cost of {model}: " + "; ".join(
+            f"{v} {f['questions_per_s']:.2f} questions/s, {f['ms_per_question']:.0f} ms/question"
+            for v, f in by_variant.items()), flush=True)
 
 
 def _write_protocol(dest: EvalDir, protocol: str, common: dict, models: list[EvalModel],

@@ -26,6 +26,7 @@ from typing import Callable, NamedTuple, Sequence
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
+from med42_ray.eval import cost
 from med42_ray.eval.generation import GenerationRequest
 from med42_ray.eval.prompts import Request
 from med42_ray.eval.scoring import Scored
@@ -43,6 +44,10 @@ class ModelJob:
     path: str
     adapter: str | None
     requests: list[Request | GenerationRequest]  # unique by key
+    # eval/cost.py: answered again, timed, by one of the model's actors once all are answered;
+    # `cost` gets the figures by variant
+    cost_requests: list[Request | GenerationRequest] = field(default_factory=list)
+    cost: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,6 +121,15 @@ class RunnerSettings:
     max_task_retries: int = 3
 
 
+def actor_shape(settings: RunnerSettings) -> tuple[float, int | None]:
+    """(GPUs, torch threads) of one scoring actor: evaluate.gpus_per_actor, else one GPU when the
+    cluster has any; on CPU as many threads as it has CPUs, so that actors do not oversubscribe."""
+    gpus = settings.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    return gpus, (max(1, int(settings.cpus_per_actor)) if not gpus else None)
+
+
 def make_tasks(model: str, requests: Sequence[Request | GenerationRequest], per_task: int,
                first_id: int = 0) -> list[Task]:
     """Tasks of one kind each (scoring or generation), longest prompts first within a kind."""
@@ -147,9 +161,7 @@ class _Scheduler:
         self.run_id = uuid.uuid4().hex[:6]
         resources = ray.cluster_resources()
         self.cpu_total, self.gpu_total = resources.get("CPU", 1), resources.get("GPU", 0)
-        gpus = settings.gpus_per_actor
-        self.gpus = gpus if gpus is not None else (1.0 if self.gpu_total >= 1 else 0.0)
-        self.threads = max(1, int(settings.cpus_per_actor)) if not self.gpus else None
+        self.gpus, self.threads = actor_shape(settings)
         self.actor_cls = ray.remote(ScoringActor)
         self.groups = _make_groups(jobs, settings.questions_per_task)
         self.pending: dict[ray.ObjectRef, _Pending] = {}
@@ -228,9 +240,26 @@ class _Scheduler:
 
     def finish(self, group: _Group) -> None:
         group.finished = True
+        if group.job.cost_requests:
+            self._measure_cost(group)
         for actor in group.actors:
             ray.kill(actor, no_restart=True)
         log.info("model %s: %d tasks scored", group.job.name, group.total_tasks)
+
+    def _measure_cost(self, group: _Group) -> None:
+        """The model's inference cost on a ready actor (eval/cost.py). Blocking: other models'
+        tasks in flight go on meanwhile, and their results wait in Ray until this returns."""
+        job = group.job
+        tasks = [t.requests for t in make_tasks(job.name, job.cost_requests, self.settings.questions_per_task)]
+        for i, actor in enumerate(group.actors):
+            if not group.ready[i]:
+                continue
+            try:
+                job.cost = cost.measure_on(actor, tasks, job.adapter)
+                return
+            except (RayActorError, ActorUnavailableError) as e:
+                log.warning("model %s: actor %d died measuring the inference cost (%s); trying another", job.name, i, e)
+        log.warning("model %s: no actor left to measure the inference cost; results.json has none for it", job.name)
 
     # --- sending work ---------------------------------------------------------------------------
 

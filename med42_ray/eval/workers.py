@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import resource
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -59,7 +61,9 @@ class ScoringActor:
         if threads:
             torch.set_num_threads(threads)  # one actor per CPU slot: do not oversubscribe
         hf_logging.disable_progress_bar()  # an actor's output is a job log: no "Loading weights" bar redraws
+        started = time.perf_counter()
         tokenizer, model = load_model(path, adapter, dtype)
+        self.load_s = time.perf_counter() - started
         self.scorer = Scorer(model, tokenizer, max_length=max_length, max_batch_tokens=max_batch_tokens)
 
     def ready(self) -> dict:
@@ -71,3 +75,29 @@ class ScoringActor:
     def generate(self, task_id: int, requests: Sequence[GenerationRequest]) -> tuple[int, list[Generated]]:
         """Greedy chain-of-thought answers (`evaluate --protocol cot`) from the same loaded model."""
         return task_id, generation.generate(self.scorer, requests)
+
+    def measure(self, tasks: Sequence[Sequence[Request | GenerationRequest]], merge: bool = False) -> dict:
+        """Time answering `tasks` (after the first, answered once untimed: allocator and kernel
+        warm-up), as the evaluation sends them, and this process's peak memory (eval/cost.py).
+        `merge`: first merge the adapter into the base (for good: the evaluation is over)."""
+        if merge:
+            self.scorer.model = self.scorer.model.merge_and_unload()
+        answer = self.generate if isinstance(tasks[0][0], GenerationRequest) else self.score
+        answer(-1, tasks[0])
+        device = self.scorer.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)  # the peak from here: weights + what scoring adds
+        started = time.perf_counter()
+        for task in tasks:
+            answer(0, task)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        params = {id(p): p for p in self.scorer.model.parameters()}.values()
+        return {"questions": sum(len(t) for t in tasks), "seconds": seconds, "load_s": self.load_s,
+                "device": str(device), "dtype": str(next(iter(params)).dtype).removeprefix("torch."),
+                "params": sum(p.numel() for p in params),
+                "peak_device_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+                # ru_maxrss is in KiB on Linux: the process's peak, loading and evaluation included
+                "peak_host_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # cluster shape must still find its finished stages. Training's are train/run_record.py's (one home:
 # a standalone `train` checks its checkpoints' configuration on the same keys).
 OPERATIONAL_EVAL_KEYS = {"num_actors", "cpus_per_actor", "gpus_per_actor", "progress", "questions_per_task",
-                         "max_batch_tokens", "max_task_retries", "output_dir", "models", "compare_with"}
+                         "max_batch_tokens", "max_task_retries", "output_dir", "models", "compare_with", "cost_questions"}
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """`build_report(run_dir)`: one page per pipeline run, in <run_dir>/report/:
-report.md (+ comparison.png, loss_curves.png beside it), report.html (self-contained), report.json.
+report.md (+ comparison.png, loss_curves.png, cost.png beside it), report.html (self-contained), report.json.
 """
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from med42_ray.eval.results import NOTES, comparison_chart
+from med42_ray.eval.results import NOTES, comparison_chart, permutation_cell, permutation_table, permutation_title
 from med42_ray.layout import RunLayout
-from med42_ray.report import sections
+from med42_ray.report import cost, sections
 from med42_ray.report.inputs import ReportError, load_eval, load_manifest, load_training
 from med42_ray.report.plots import loss_curves
-from med42_ray.report.render import Doc, Table, to_html, to_markdown
+from med42_ray.report.render import Doc, Table, duration, to_html, to_markdown
 
 PUBLISHED = "Med42-70B (published)"
 
@@ -25,14 +25,6 @@ def _pct(v: float | None, se: float | None = None) -> str:
 
 def _count(n: int | None) -> str:
     return "—" if n is None else f"{n:,}"
-
-
-def _duration(s: float | None) -> str:
-    if s is None:
-        return "—"
-    m, s = divmod(round(s), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h {m:02d}m {s:02d}s" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
 
 
 def _accuracy_section(doc: Doc, evals, table: dict, headline: dict) -> None:
@@ -106,6 +98,18 @@ def _ordering_text(ordering: dict) -> str:
     return f"The paper's ordering {verdict}{partial}: {checks}."
 
 
+def _robustness_section(doc: Doc, robustness: dict | None) -> None:
+    if robustness is None:  # evaluated without --permutations: nothing to say
+        return
+    doc.heading("Robustness to option order")
+    cols = list(robustness["pooled"])
+    rows = [[r["benchmark"], *(permutation_cell(r["cells"][c]) for c in cols)] for r in robustness["rows"]]
+    rows.append(["**pooled**", *(permutation_cell(robustness["pooled"][c]) for c in cols)])
+    doc.table(Table(["benchmark", *cols], rows, [False] + [True] * len(cols)))
+    doc.para(permutation_title(robustness["k"]) + " A gain that survives the rotations is knowledge; one that "
+             "does not is a preference for a letter or a position. Pooled: every question counted once.")
+
+
 def _training_section(doc: Doc, strategies: dict) -> None:
     doc.heading("Training")
     if not strategies:
@@ -127,7 +131,7 @@ def _training_section(doc: Doc, strategies: dict) -> None:
                      "—" if s["zero_stage"] is None else str(s["zero_stage"]), steps,
                      "—" if s["final_loss"] is None else f"{s['final_loss']:.4f}",
                      "—" if s["median_tokens_per_s"] is None else f"{s['median_tokens_per_s']:,.0f}",
-                     mfu, _duration(s["wall_time_s"])])
+                     mfu, duration(s["wall_time_s"])])
     doc.table(Table(header, rows, [False] + [True] * (len(header) - 1)))
     missing = [n for n, s in strategies.items() if s["run_info_file"] is None]
     doc.para("Loss is the mean over answer tokens of each optimizer step's global batch; x is the optimizer "
@@ -203,19 +207,25 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Path
                   "results_files": evals.protocol_files[p]}
               for p, models in evals.by_protocol.items()}
     headline = sections.usmle_headline(evals.models)
+    robustness = permutation_table(evals.models)
     strategies = {name: sections.strategy_summary(run) for name, run in training.items()}
+    costs = cost.cost_summary(training, evals, pooled.get(headline_protocol))
     contam = sections.contamination(manifest) if manifest is not None else None
 
     out_dir.mkdir(parents=True, exist_ok=True)
     comparison_chart(evals.models, out_dir / "comparison.png")
     if training:
         loss_curves(training, out_dir / "loss_curves.png")
+    if costs["accuracy_vs_hours"]:
+        cost.cost_plot(costs["accuracy_vs_hours"], out_dir / "cost.png")
 
     doc = Doc(f"med42-ray run report: `{run_dir.name}`")
     doc.para(f"Run directory `{run_dir}`; models " + ", ".join(f"**{c}**" for c in table["columns"]) + ".")
     _pooled_section(doc, pooled, headline_protocol)
     _accuracy_section(doc, evals, table, headline)
+    _robustness_section(doc, robustness)
     _training_section(doc, strategies)
+    cost.cost_section(doc, costs)
     _contamination_section(doc, contam)
     _how_to_read(doc, evals)
 
@@ -224,6 +234,6 @@ def build_report(run_dir: Path | str, out_dir: Path | str | None = None) -> Path
     report = {"run_dir": str(run_dir), "protocols": evals.protocols, "results_files": evals.files,
               "headline_protocol": headline_protocol, "pooled": pooled,
               "columns": table["columns"], "rows": table["rows"], "usmle_headline": headline,
-              "strategies": strategies, "contamination": contam}
+              "robustness": robustness, "strategies": strategies, "cost": costs, "contamination": contam}
     (out_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return out_dir / "report.md"

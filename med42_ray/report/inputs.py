@@ -61,6 +61,18 @@ class ModelResults(_Loose):
     aggregates: Aggregates = Aggregates()
 
 
+class InferenceCost(_Loose):
+    """One model variant's entry of results.json's inference_cost (eval/cost.py)."""
+    questions: int = Field(ge=1)
+    seconds: float = Field(ge=0)
+    questions_per_s: float | None = None
+    ms_per_question: float | None = None
+    params: int = Field(ge=1)
+    dtype: str
+    peak_device_bytes: int | None = None
+    peak_host_bytes: int = Field(ge=0)
+
+
 class EvalSummary(_Loose):
     """The results.json `med42-ray evaluate` writes at its output directory."""
     protocol: str
@@ -68,6 +80,7 @@ class EvalSummary(_Loose):
     benchmarks_dir: str | None = None
     protocols_in_pass: list[str] | None = None  # the headline first, then evaluate.also_protocols
     models: dict[str, ModelResults] = Field(min_length=1)
+    inference_cost: dict[str, dict[str, InferenceCost]] = Field(default_factory=dict)
 
 
 class StepMetrics(_Loose):
@@ -88,6 +101,27 @@ class RunInfo(_Loose):
     zero_stage: int | None = None
     total_steps: int | None = None
     peak_flops_per_worker: float | None = None
+
+
+class WorkerPeak(_Loose):
+    device_bytes: int | None = Field(None, ge=0)
+    host_bytes: int = Field(ge=0)
+
+
+class WorkerMemory(_Loose):
+    """train/<run>/worker_memory.json (train/cost.py)."""
+    workers: list[WorkerPeak] = Field(min_length=1)
+
+
+class TrainCost(_Loose):
+    """train/<run>/cost.json (train/cost.py)."""
+    wall_time_s: float = Field(ge=0)
+    workers: int = Field(ge=1)
+    accelerator: str
+    accelerator_hours: float = Field(ge=0)
+    checkpoint_bytes: int | None = None
+    export_bytes: dict[str, int]
+    plan: dict
 
 
 class SourceCounts(_Loose):
@@ -169,6 +203,7 @@ class EvalRuns:
     # protocol -> column -> that column's results under it (the headline's included), headline first
     by_protocol: dict[str, dict[str, dict]] = field(default_factory=dict)
     protocol_files: dict[str, dict[str, str]] = field(default_factory=dict)  # same keys -> results.json
+    inference_cost: dict[str, dict[str, dict]] = field(default_factory=dict)  # column -> variant -> figures
 
     @property
     def headline_protocol(self) -> str | None:
@@ -196,6 +231,8 @@ def load_eval(run_dir: Path) -> EvalRuns:
                 n if n not in out.models else f"{d.name}/{n}": n for n in data["models"]}
             named = {c: data["models"][n] for c, n in own.items()}
             passed = data.get("protocols_in_pass") or []
+            out.inference_cost.update({c: data["inference_cost"][n] for c, n in own.items()
+                                       if n in data.get("inference_cost", {})})
             sources.update({c: _Source(EvalDir(d), n, passed) for c, n in own.items()})
             out.descriptions.add(data.get("protocol_description") or "")
             if data.get("benchmarks_dir"):
@@ -250,6 +287,8 @@ class TrainingRun:
     outputs: TrainDir
     metrics: list[dict]
     run_info: dict | None   # None for runs trained before run_info.json existed
+    cost: dict | None = None           # cost.json; None for runs trained before it existed
+    worker_memory: dict | None = None  # worker_memory.json; likewise
 
 
 def load_training(run_dir: Path) -> dict[str, TrainingRun]:
@@ -260,7 +299,9 @@ def load_training(run_dir: Path) -> dict[str, TrainingRun]:
         if not outputs.metrics.is_file():
             continue
         info = read_json(outputs.run_info, RunInfo) if outputs.run_info.is_file() else None
-        runs[d.name] = TrainingRun(d.name, outputs, read_metrics(outputs.metrics), info)
+        cost = read_json(outputs.cost, TrainCost) if outputs.cost.is_file() else None
+        memory = read_json(outputs.worker_memory, WorkerMemory) if outputs.worker_memory.is_file() else None
+        runs[d.name] = TrainingRun(d.name, outputs, read_metrics(outputs.metrics), info, cost, memory)
     return runs
 
 

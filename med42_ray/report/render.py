@@ -57,6 +57,14 @@ class Doc:
         self.blocks.append(("img", (filename, alt)))
 
 
+def duration(s: float | None) -> str:
+    if s is None:
+        return "—"
+    m, s = divmod(round(s), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 

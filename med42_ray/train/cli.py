@@ -43,11 +43,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     choice (beside DeepSpeed's own estimators), and tokens/s and wall time.
     """
     from med42_ray.cli import load_from_args, require_model
-    from med42_ray.train.plan import format_plan, make_plan
+    from med42_ray.train.plan import DEFAULT_MFU, format_plan, make_plan
 
     cfg = load_from_args(args)
     require_model(cfg.model, "model")
-    plan = make_plan(cfg.model, cfg.train.strategy, peft=cfg.train.peft, gpus=args.gpus, tokens=args.tokens, mfu=args.mfu,
+    plan = make_plan(cfg.model, cfg.train.strategy, peft=cfg.train.peft, gpus=args.gpus, tokens=args.tokens,
+                     mfu=DEFAULT_MFU if args.mfu is None else args.mfu,
                      peak_tflops=args.peak_tflops, seq_len=args.seq_len, micro_batch_size=cfg.train.micro_batch_size,
                      gpus_per_node=args.gpus_per_node, lora=cfg.train.lora,
                      trust_remote_code=cfg.train.trust_remote_code, zero_stage=cfg.train.resolved_zero_stage())
@@ -121,7 +122,8 @@ def register(sub) -> None:
     q.add_argument("--gpus", type=int, default=8, help="GPUs in the job")
     q.add_argument("--gpus-per-node", type=int, default=8)
     q.add_argument("--tokens", type=lambda v: int(float(v)), default=0, help="tokens to train on (all epochs), for wall time")
-    q.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    q.add_argument("--mfu", type=float, default=None,
+                   help="assumed model FLOPs utilisation (default: train/plan.py's DEFAULT_MFU, 0.4)")
     q.add_argument("--peak-tflops", type=float, default=989.0, help="peak bf16 TFLOP/s per GPU (H100 SXM: 989)")
     q.add_argument("--seq-len", type=int, default=4096)
     q.add_argument("--json", action="store_true", help="print the plan as JSON")

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from med42_ray.ray_metrics import TrainStepMetrics
-from med42_ray.train import checkpointing
+from med42_ray.train import checkpointing, cost
 from med42_ray.train.checkpointing import TrainState
 from med42_ray.train.config import TrainConfig
 from med42_ray.train.metrics import MetricsLog, flops_per_token, peak_flops
@@ -127,6 +127,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     stopped = False  # the sweep's scheduler stopped this run early (validate.stop_requested)
     while not stopped and state.epoch < job.epochs and state.step < job.total_steps:
         stopped = _run_epoch(w, state, shard, collate)
+    peaks = cost.gather_peak_memory(device, world)  # every rank left the loop at the same step
+    if rank == 0:
+        cost.write_worker_memory(job.outputs, peaks)
     if w.trackers is not None:
         w.trackers.close()
 

@@ -33,6 +33,7 @@ from med42_ray.train.config import LoraSettings, PeftSettings, Strategy
 from med42_ray.train.metrics import flops_per_token
 
 GiB = 1024**3
+DEFAULT_MFU = 0.4  # what plan assumes unless told (--mfu), and what the report's plan column uses
 
 
 @dataclass
@@ -159,6 +160,24 @@ def checkpoint_bytes(trainable: int, stage: int) -> dict[str, int]:
     return kinds
 
 
+def weight_bytes(params: int, dtype_bytes: int) -> int:
+    """Weights alone, as exported or loaded for inference."""
+    return params * dtype_bytes
+
+
+def export_bytes(total: int, trainable: int, strategy: Strategy, dtype_bytes: int, merged: bool = True) -> dict[str, int]:
+    """What `train.export` writes, by export name (layout.export_names), weights only: the model;
+    or the adapter and the base with it merged in (whose size is the base's: merging adds nothing)."""
+    from med42_ray.layout import EXPORT_ADAPTER, EXPORT_MERGED, EXPORT_MODEL
+
+    if strategy == "full":
+        return {EXPORT_MODEL: weight_bytes(total, dtype_bytes)}
+    out = {EXPORT_ADAPTER: weight_bytes(trainable, dtype_bytes)}
+    if merged:
+        out[EXPORT_MERGED] = weight_bytes(total - trainable, dtype_bytes)
+    return out
+
+
 def make_plan(model: str, strategy: Strategy, gpus: int, tokens: int, mfu: float, peak_tflops: float,
               seq_len: int = 4096, micro_batch_size: int = 1, gpus_per_node: int = 8,
               lora: LoraSettings | None = None, trust_remote_code: bool = False, zero_stage: int = 3,
@@ -186,7 +205,7 @@ def make_plan(model: str, strategy: Strategy, gpus: int, tokens: int, mfu: float
                 micro_batch_size=micro_batch_size,
                 activation_bytes_per_gpu=activation_bytes(config, seq_len, micro_batch_size),
                 memory=rows, flops_per_token=fpt, peak_tflops=peak_tflops, mfu=mfu, tokens=tokens,
-                tokens_per_s=tokens_per_s, wall_time_s=tokens / tokens_per_s if tokens else 0.0,
+                tokens_per_s=tokens_per_s, wall_time_s=tokens / tokens_per_s if tokens and tokens_per_s else 0.0,
                 checkpoint=checkpoint_bytes(trainable, zero_stage))
 
 

@@ -82,6 +82,13 @@ def count_rows(shards: list[str]) -> int:
     return sum(pq.read_metadata(s).num_rows for s in shards)
 
 
+def model_for_workers(model: str) -> str:
+    """A local model directory as an absolute path (Ray Train runs each worker in a directory of
+    its own, where a relative one is not found); a name or hub id unchanged."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
 def plan_job(cfg: RunConfig, manifest: dict, num_rows: int) -> TrainJob:
     """Steps per epoch and in total, identical on every worker (equal shards drop the remainder)."""
     tcfg, world = cfg.train, cfg.train.scaling.num_workers
@@ -97,7 +104,7 @@ def plan_job(cfg: RunConfig, manifest: dict, num_rows: int) -> TrainJob:
     if tcfg.max_steps is not None:
         total = min(total, tcfg.max_steps)
     return TrainJob(micro_per_epoch=micro_per_epoch, steps_per_epoch=steps_per_epoch, epochs=epochs,
-                    total_steps=total, model=cfg.model, seed=cfg.seed, seq_len=int(manifest["seq_len"]),
+                    total_steps=total, model=model_for_workers(cfg.model), seed=cfg.seed, seq_len=int(manifest["seq_len"]),
                     pad_id=0, outputs=train_dir_for(cfg))
 
 
@@ -162,7 +169,7 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
 
     from med42_ray.cluster import connect
     from med42_ray.model import resolve_model
-    from med42_ray.train import export, run_record, trackers
+    from med42_ray.train import cost, export, run_record, trackers
     from med42_ray.train.loop import train_loop_per_worker
 
     started_at = time.time()  # the metrics' wall_s counts from here: the first step's is time-to-first-step
@@ -213,12 +220,15 @@ def run_train(cfg: RunConfig, step_hook: Callable[..., None] | None = None, call
         raise result.error
     if tcfg.export:
         export.export_final_checkpoint(result.checkpoint, tcfg, job, manifest)
+    metrics = read_metrics(outputs.metrics) if outputs.metrics.is_file() else []
+    exported = outputs.exported(tcfg.strategy) if tcfg.export else {}
+    cost.write_cost(cfg, job, time.time() - started_at, resources["CPU"], result.checkpoint, exported, metrics)
     return TrainResult(
         output_dir=outputs.root,
         metrics_path=outputs.metrics,
-        metrics=read_metrics(outputs.metrics) if outputs.metrics.is_file() else [],
+        metrics=metrics,
         checkpoint_path=result.checkpoint.path if result.checkpoint is not None else None,
-        exported=outputs.exported(tcfg.strategy) if tcfg.export else {},
+        exported=exported,
     )
 
 
