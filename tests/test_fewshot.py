@@ -20,7 +20,7 @@ import torch
 from test_eval import make_tiny_llama
 
 from med42_ray.benchmarks import load_benchmarks
-from med42_ray.benchmarks.formats import MEDQA_DEV, MEDQA_TEST, mmlu_test_file
+from med42_ray.benchmarks.formats import HEADQA_TEST, HEADQA_TRAIN, MEDQA_DEV, MEDQA_TEST, mmlu_test_file
 from med42_ray.eval.fewshot import DEFAULT_SEED, draw_examples, fewshot_pool
 from med42_ray.eval.prompts import build_request
 
@@ -30,11 +30,12 @@ from harness_tasks import HARNESS_TASKS, lm_eval_tasks_dir, to_harness_doc
 
 K = 3
 N = 6  # test questions per benchmark
+FEWSHOT_BENCHMARKS = ["mmlu_anatomy", "medqa_4options", "headqa_en"]
 
 
 @pytest.fixture(scope="module")
 def root(raw_dir, tmp_path_factory) -> Path:
-    """The first N test questions of MedQA and MMLU anatomy, with their whole few-shot pools."""
+    """The first N test questions of MedQA, MMLU anatomy and HEAD-QA, with their whole few-shot pools."""
     root = tmp_path_factory.mktemp("fewshot_root")
     for rel in (MEDQA_TEST, MEDQA_DEV):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,12 @@ def root(raw_dir, tmp_path_factory) -> Path:
         with (raw_dir / rel).open(newline="") as f, (root / rel).open("w", newline="") as g:
             rows = list(csv.reader(f))
             csv.writer(g).writerows(rows[:N] if split == "test" else rows)
+    (root / HEADQA_TRAIN).parent.mkdir(parents=True)
+    (root / HEADQA_TRAIN).write_text((raw_dir / HEADQA_TRAIN).read_text())
+    test = json.loads((raw_dir / HEADQA_TEST).read_text())
+    first = next(iter(test["exams"]))  # one exam's first N questions
+    test["exams"] = {first: {**test["exams"][first], "data": test["exams"][first]["data"][:N]}}
+    (root / HEADQA_TEST).write_text(json.dumps(test))
     return root
 
 
@@ -83,7 +90,7 @@ def both_sides(root, model_dir, tmp_path_factory):
     from lm_eval.tasks import TaskManager
 
     tmp = tmp_path_factory.mktemp("lm_eval_fewshot")
-    benches = load_benchmarks(root, ["medqa_4options", "mmlu_anatomy"])
+    benches = load_benchmarks(root, FEWSHOT_BENCHMARKS)
     ours, names = {}, {}
     for name, items in benches.items():
         pool = fewshot_pool(root, name)
@@ -106,14 +113,14 @@ def both_sides(root, model_dir, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("benchmark", ["mmlu_anatomy", "medqa_4options"])
+@pytest.mark.parametrize("benchmark", FEWSHOT_BENCHMARKS)
 def test_fewshot_contexts_equal_lm_eval(both_sides, benchmark):
     ours, theirs, _ = both_sides[benchmark]
     assert [(r.context, c) for r in ours for c in r.continuations] == theirs
     assert ours[0].context.count("\n\n") >= K  # the examples are there
 
 
-@pytest.mark.parametrize("benchmark", ["mmlu_anatomy", "medqa_4options"])
+@pytest.mark.parametrize("benchmark", FEWSHOT_BENCHMARKS)
 def test_fewshot_loglikelihoods_equal_lm_eval(both_sides, model_dir, benchmark):
     from med42_ray.eval.scoring import Scorer
     from med42_ray.eval.workers import load_model
@@ -121,7 +128,7 @@ def test_fewshot_loglikelihoods_equal_lm_eval(both_sides, model_dir, benchmark):
     ours, _, theirs = both_sides[benchmark]
     tokenizer, model = load_model(str(model_dir), dtype="float32", device="cpu")
     got = [ll for s in Scorer(model, tokenizer, max_batch_tokens=8192).score(ours) for ll in s.loglikelihoods]
-    assert len(got) == len(theirs) == N * 4
+    assert len(got) == len(theirs) == N * len(ours[0].continuations)  # HEAD-QA: 5 options, MedQA and MMLU: 4
     assert got == pytest.approx(theirs, abs=1e-4)
 
 
@@ -136,6 +143,9 @@ def test_mmlu_takes_dev_in_order_and_medqa_draws_with_the_seed(root):
     drawn = draw_examples(pool, medqa, K)
     assert len({ex.id for e in drawn.values() for ex in e}) > K  # a fresh draw per question
     assert drawn == draw_examples(pool, medqa, K)  # deterministic
+    pool = fewshot_pool(root, "headqa_en")
+    assert (pool.split, pool.sampler, pool.source) == ("train", "default", HEADQA_TRAIN)
+    assert len(pool.items) == sum(len(e["data"]) for e in json.loads((root / HEADQA_TRAIN).read_text())["exams"].values())
 
 
 def test_benchmark_without_pool_says_why(root):

@@ -27,6 +27,7 @@ MEDMCQA_DEV = "medmcqa/dev.json"
 PUBMEDQA_QUESTIONS = "pubmedqa/ori_pqal.json"
 PUBMEDQA_TEST_IDS = "pubmedqa/test_ground_truth.json"
 HEADQA_TEST = "headqa/HEAD_EN/test_HEAD_EN.json"
+HEADQA_TRAIN = "headqa/HEAD_EN/train_HEAD_EN.json"  # few-shot examples only
 MMLU_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine",
                  "medical_genetics", "professional_medicine")
 
@@ -123,10 +124,14 @@ def load_mmlu(root: Path, subject: str, split: str = "test") -> Iterator[Benchma
                                 meta={"subject": subject, "needs_image": False})
 
 
-def load_headqa(root: Path) -> Iterator[BenchmarkItem]:
-    """HEAD-QA English test. Answers are keyed by `aid` and `ra` is the right aid, so gold is
-    found by aid (not position). needs_image: the `image` field names a picture."""
-    path = root / HEADQA_TEST
+def load_headqa(root: Path, split: str = "test") -> Iterator[BenchmarkItem]:
+    """HEAD-QA English test, or its train split (few-shot examples), in file order: exams, then
+    their questions (the order of the HF dataset lm-eval reads). Answers are keyed by `aid` and `ra`
+    is the right aid, so gold is found by aid (not position). needs_image: the `image` field names a picture."""
+    files = {"test": HEADQA_TEST, "train": HEADQA_TRAIN}
+    if split not in files:
+        raise ValueError(f"HEAD-QA split {split!r}: expected one of {', '.join(files)}")
+    path = root / files[split]
     data = _json(path)
     exams = data.get("exams") if isinstance(data, dict) else None
     if not isinstance(exams, dict):

@@ -15,9 +15,11 @@ never happens here. Per benchmark:
   medqa_4options   MedQA train (GBaker/MedQA-USMLE-4-options-hf's training_split) when its file is
                    under the root, else MedQA dev (lm-eval's next choice, its validation_split); default
   usmle_*          no lm-eval task; prompted with medqa_4options' template, so MedQA's pool and sampler
+  headqa_en        HEAD-QA's train_HEAD_EN.json (EleutherAI/headqa's training_split, in its order:
+                   exams, then questions), default
   others           no pool in the raw files lm-eval would draw from (medmcqa's train split,
-                   pubmedqa's fold0 train split), or not implemented yet (headqa_en's train split,
-                   medqa_4options_dev): skipped with that reason when --num-fewshot > 0
+                   pubmedqa's fold0 train split), or not implemented yet (medqa_4options_dev):
+                   skipped with that reason when --num-fewshot > 0
 """
 
 from __future__ import annotations
@@ -58,9 +60,12 @@ def fewshot_pool(root: Path, benchmark: str) -> FewshotPool | str:
             if (root / source).is_file():
                 return FewshotPool(split, source, "default", tuple(formats.load_medqa(root, split=split)))
         return f"neither MedQA's train ({formats.MEDQA_TRAIN}) nor dev split ({formats.MEDQA_DEV}) is under {root}"
+    if benchmark == "headqa_en":  # lm-eval's headqa_en: its training split, the default sampler
+        if not (root / formats.HEADQA_TRAIN).is_file():
+            return f"its few-shot split, HEAD-QA's train ({formats.HEADQA_TRAIN}), is not under {root}"
+        return FewshotPool("train", formats.HEADQA_TRAIN, "default", tuple(formats.load_headqa(root, split="train")))
     reasons = {"medmcqa": "lm-eval draws from MedMCQA's train split, which is not among the raw files",
                "pubmedqa": "lm-eval draws from bigbio's pqa-l fold0 train split, which the raw files do not define",
-               "headqa_en": "few-shot from HEAD-QA's train split is not implemented yet",
                "medqa_4options_dev": "few-shot for the validation split is not implemented yet"}
     return reasons.get(benchmark, f"no few-shot rule for {benchmark}")
 
