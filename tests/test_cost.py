@@ -165,3 +165,12 @@ def test_a_malformed_cost_file_is_named_with_its_field(costed_run):
     path.write_text(json.dumps({**bad, "wall_time_s": 1.0}))
     with pytest.raises(ReportError, match=r"eval/base/results.json: field 'inference_cost.m.model.params'"):
         build_report(costed_run)
+
+
+def test_the_pipeline_prints_each_strategy_s_training_cost(costed_run):
+    from med42_ray.pipeline.cli import cost_lines
+
+    build_report(costed_run)
+    assert cost_lines(costed_run / "report" / "report.json") == [
+        "training cost: full 1h 00m 00s (1 CPU-hours), lora 30m 00s (0.5 CPU-hours); "
+        "inference cost and the plan's estimates in the report"]

@@ -48,7 +48,8 @@ def summary(outputs: dict[str, dict]) -> str:
         lines.append(f"mean zero-shot accuracy over {len(shared)} benchmarks: "
                      + ", ".join(f"{label} {100 * m:.1f}%" for label, m in means.items()))
     if "report" in outputs:
-        lines += pooled_lines(Path(outputs["report"]["report"]).with_name("report.json"))
+        report_json = Path(outputs["report"]["report"]).with_name("report.json")
+        lines += pooled_lines(report_json) + cost_lines(report_json)
         lines.append(f"report: {outputs['report']['report']}")
     return "\n".join(lines)
 
@@ -67,6 +68,20 @@ def pooled_lines(report_json: Path) -> list[str]:
         lines.append(f"pooled accuracy, protocol {protocol}{' (headline)' if block.get('headline') else ''}, "
                      f"{n} questions: {models}; {diffs}; the paper's ordering {verdict}")
     return lines
+
+
+def cost_lines(report_json: Path) -> list[str]:
+    """The report's training cost, one line: wall time and accelerator-hours per strategy."""
+    if not report_json.is_file():
+        return []
+    from med42_ray.report.render import duration
+
+    training = json.loads(report_json.read_text()).get("cost", {}).get("training", {})
+    if not training:
+        return []
+    return ["training cost: " + ", ".join(f"{name} {duration(t['wall_time_s'])} ({t['accelerator_hours']:.3g} "
+                                           f"{t['accelerator']}-hours)" for name, t in training.items())
+            + "; inference cost and the plan's estimates in the report"]
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
