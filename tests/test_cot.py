@@ -12,6 +12,7 @@ import yaml
 
 from med42_ray.benchmarks import BenchmarkItem
 from med42_ray.eval import generation as gen
+from med42_ray.layout import EvalDir
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -162,8 +163,8 @@ def test_cli_cot_writes_generations_and_parse_rate(ray_cluster, tmp_path):
 
     out = tmp_path / "eval"
     rc = main(["evaluate", "--protocol", "cot", "--limit", "2", "--max-new-tokens", "16", "--num-actors", "1",
-               "--benchmarks", "medqa_4options,pubmedqa", "--output-dir", str(out), "--run-dir", str(tmp_path),
-               "-o", "evaluate.progress=false"])
+               "--benchmarks", "medqa_4options,pubmedqa,mmlu_anatomy", "--output-dir", str(out),
+               "--run-dir", str(tmp_path), "-o", "evaluate.progress=false"])
     assert rc == 0
     summary = json.loads((out / "results.json").read_text())
     assert summary["protocol"] == "cot"
@@ -177,3 +178,40 @@ def test_cli_cot_writes_generations_and_parse_rate(ray_cluster, tmp_path):
         assert metrics["unparsed"] == sum(r["unparsed"] for r in rows) / 2
         assert metrics["acc"] == sum(r["acc"] for r in rows) / 2
     assert (out / "comparison.md").is_file()
+    _check_lm_eval_files(EvalDir(out), next(iter(summary["models"])), model)
+
+
+def _check_lm_eval_files(dest, name, ours):
+    """lm-eval's own helpers find and render the CoT files; their numbers and extractions are ours,
+    MMLU's config is lm-eval's flan_cot_zeroshot task, and our tasks' Jinja renders our prompts."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.utils import apply_template, get_results_filenames, get_sample_results_filenames, make_table
+
+    files = [str(p) for p in dest.lm_eval_files(name)]
+    (results_file,) = get_results_filenames(files)
+    lm = json.loads(Path(results_file).read_text())
+    tasks = {"medqa_4options": "medqa_4options_flan_cot_zeroshot", "pubmedqa": "pubmedqa_flan_cot_zeroshot",
+             "mmlu_anatomy": "mmlu_flan_cot_zeroshot_anatomy"}
+    assert set(lm["results"]) == {*tasks.values(), "mmlu_clinical"} and "exact_match" in make_table(lm)
+    by_task = {Path(f).name.split("_20")[0].removeprefix("samples_"): f for f in get_sample_results_filenames(files)}
+    for bench, task in tasks.items():
+        entry, metrics = lm["results"][task], ours["benchmarks"][bench]
+        assert entry["exact_match,flexible-extract"] == metrics["acc"]
+        assert entry["exact_match,strict-match"] == metrics["acc_strict"]
+        assert lm["configs"][task]["generation_kwargs"]["max_gen_toks"] == 16
+        rows = [json.loads(line) for line in (dest.samples(name, bench)).open()]
+        logged = [json.loads(line) for line in Path(by_task[task]).read_text().splitlines()]
+        assert len(logged) == 2 * len(rows)  # one line per filter
+        for row, strict, flexible in zip(rows, logged[0::2], logged[1::2]):
+            assert (strict["filter"], flexible["filter"]) == ("strict-match", "flexible-extract")
+            assert strict["filtered_resps"] == [row["strict_match"]] and flexible["filtered_resps"] == [row["flexible_extract"]]
+            assert strict["resps"] == [[row["generation"]]] and flexible["exact_match"] == row["acc"]
+            config = lm["configs"][task]
+            prompt = apply_template(config["doc_to_text"], strict["doc"])
+            if bench.startswith("mmlu_"):  # lm-eval's own template, on its dataset's fields
+                prompt = config["description"] + apply_template(config["doc_to_text"], {
+                    "question": strict["doc"]["question"], "choices": strict["doc"]["choices"]})
+            assert prompt == row["prompt"]
+            target = {"answer": row["gold"]} if bench.startswith("mmlu_") else strict["doc"]
+            assert apply_template(config["doc_to_target"], target) == row["target"] == strict["target"]
+    assert lm["configs"]["mmlu_flan_cot_zeroshot_anatomy"]["dataset_path"] == "cais/mmlu"

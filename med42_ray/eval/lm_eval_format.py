@@ -82,7 +82,7 @@ def missing() -> str | None:
 
 
 @functools.cache
-def _say_skipped(reason: str) -> None:
+def say_skipped(reason: str) -> None:
     print(f"no lm-eval result files: {reason} (pip install 'lm-eval>={MIN_LM_EVAL},<0.5')", flush=True)
 
 
@@ -115,7 +115,7 @@ def task_metrics(config: dict) -> list[str]:
     return [m["metric"] for m in config["metric_list"]]
 
 
-def _stderr(value: float):
+def stderr_cell(value: float):
     return "N/A" if value is None or math.isnan(value) else value  # lm-eval's word for "one sample"
 
 
@@ -124,28 +124,32 @@ def task_entry(benchmark: str, config: dict, metrics: dict) -> dict:
     entry = {"name": benchmark, "alias": config.get("task_alias", benchmark), "sample_len": metrics["n"]}
     for m in task_metrics(config):
         entry[f"{m},{FILTER}"] = metrics[m]
-        entry[f"{m}_stderr,{FILTER}"] = _stderr(metrics[f"{m}_stderr"])
+        entry[f"{m}_stderr,{FILTER}"] = stderr_cell(metrics[f"{m}_stderr"])
     return entry
 
 
-def group_entry(tasks: Mapping[str, dict]) -> dict:
-    """The MMLU subjects' unweighted mean (Med42's "MMLU clinical"), as lm-eval's Group.aggregate
-    computes a group with weight_by_size false: aggregate_subtask_metrics, unweighted_mean_stderr."""
+def group_entry(tasks: Mapping[str, dict], keys: Sequence[str] = (f"acc,{FILTER}",)) -> dict:
+    """The MMLU subjects' unweighted mean (Med42's "MMLU clinical") of each `metric,filter` key, as
+    lm-eval's Group.aggregate computes a group with weight_by_size false: aggregate_subtask_metrics,
+    unweighted_mean_stderr."""
     from lm_eval.api.metrics import aggregate_subtask_metrics, unweighted_mean_stderr
 
-    key, se_key = f"acc,{FILTER}", f"acc_stderr,{FILTER}"
     sizes = [t["sample_len"] for t in tasks.values()]
-    stderrs = [t[se_key] for t in tasks.values()]
-    return {"name": GROUP, "alias": f"{GROUP} (mean of {len(tasks)} MMLU subjects)", "sample_len": sum(sizes),
-            key: aggregate_subtask_metrics([t[key] for t in tasks.values()], sizes, weight_by_size=False),
-            se_key: "N/A" if "N/A" in stderrs else float(unweighted_mean_stderr(stderrs)),
-            "sample_count": {key: sum(sizes)}}
+    entry = {"name": GROUP, "alias": f"{GROUP} (mean of {len(tasks)} MMLU subjects)", "sample_len": sum(sizes),
+             "sample_count": {}}
+    for key in keys:
+        metric, filt = key.split(",")
+        stderrs = [t[f"{metric}_stderr,{filt}"] for t in tasks.values()]
+        entry[key] = aggregate_subtask_metrics([t[key] for t in tasks.values()], sizes, weight_by_size=False)
+        entry[f"{metric}_stderr,{filt}"] = "N/A" if "N/A" in stderrs else float(unweighted_mean_stderr(stderrs))
+        entry["sample_count"][key] = sum(sizes)
+    return entry
 
 
 def sample(doc_id: int, item: BenchmarkItem, req: Request, scored: Scored, row: dict, metrics: list[str]) -> dict:
     """One question as lm-eval logs it (before its tracker turns arguments into gen_args_N and the
     responses into strings, as it does for its own)."""
-    from lm_eval.utils import handle_non_serializable, hash_string
+    from lm_eval.utils import hash_string
 
     doc = item.to_dict()
     target = item.choices[item.gold] if item.benchmark in TARGET_IS_TEXT else item.gold
@@ -153,9 +157,16 @@ def sample(doc_id: int, item: BenchmarkItem, req: Request, scored: Scored, row: 
     return {"doc_id": doc_id, "doc": doc, "target": target,
             "arguments": [(req.context, c) for c in req.continuations],
             "resps": resps, "filtered_resps": [r[0] for r in resps], "filter": FILTER, "metrics": metrics,
-            "doc_hash": hash_string(json.dumps(doc, indent=2, default=handle_non_serializable, ensure_ascii=False)),
+            "doc_hash": doc_hash(doc),
             "prompt_hash": hash_string(req.context), "target_hash": hash_string(str(target)),
             **{m: row[m] for m in metrics}}
+
+
+def doc_hash(doc: dict) -> str:
+    """lm-eval's hash of a logged doc (its evaluator's, on the doc's JSON)."""
+    from lm_eval.utils import handle_non_serializable, hash_string
+
+    return hash_string(json.dumps(doc, indent=2, default=handle_non_serializable, ensure_ascii=False))
 
 
 def build(model: EvalModel, protocol: str, protocol_description: str,
@@ -172,23 +183,35 @@ def build(model: EvalModel, protocol: str, protocol_description: str,
         names = task_metrics(configs[name])
         samples[name] = [sample(i, it, r, scored[r.key], row, names)
                          for i, ((it, r), row) in enumerate(zip(pairs[name], rows[name]))]
-    subjects = [b for b in MMLU_CLINICAL if b in results]
-    groups = {GROUP: group_entry({b: results[b] for b in subjects})} if subjects else {}
+    return envelope(model, protocol, protocol_description, results, configs, limit, seconds, shots), samples
+
+
+def envelope(model: EvalModel, protocol: str, protocol_description: str, results: dict, configs: dict,
+             limit: int | None, seconds: float, shots: int, group_keys: Sequence[str] = (f"acc,{FILTER}",)) -> dict:
+    """What lm-eval's simple_evaluate returns around the tasks' results: the MMLU group, configs,
+    versions, n-shot, higher_is_better, sample counts, the run's config and date."""
+    subjects = [n for b in MMLU_CLINICAL for n, c in configs.items() if benchmark_of(n, c) == b]
+    groups = {GROUP: group_entry({b: results[b] for b in subjects}, group_keys)} if subjects else {}
     results.update(groups)
     higher = {name: {m["metric"]: m["higher_is_better"] for m in c["metric_list"]} for name, c in configs.items()}
     model_args = f"pretrained={model.path}" + (f",peft={model.adapter}" if model.adapter else "")
-    out = {"results": results, **({"groups": groups} if groups else {}),
-           "group_subtasks": {GROUP: subjects} if groups else {},
-           "configs": configs,
-           "versions": {**{n: (c.get("metadata") or {}).get("version", "Yaml") for n, c in configs.items()},
-                        **{g: "N/A" for g in groups}},
-           "n-shot": {**{n: shots for n in configs}, **{g: shots for g in groups}},
-           "higher_is_better": {**higher, **{g: {"acc": True} for g in groups}},
-           "n-samples": {n: {"original": BENCHMARKS[n].size, "effective": results[n]["sample_len"]} for n in configs},
-           "config": {"model": "med42-ray", "model_args": model_args, "limit": limit, "protocol": protocol,
-                      "protocol_description": protocol_description},
-           "date": time.time() - seconds, "lm_eval_version": version("lm_eval")}
-    return out, samples
+    return {"results": results, **({"groups": groups} if groups else {}),
+            "group_subtasks": {GROUP: subjects} if groups else {},
+            "configs": configs,
+            "versions": {**{n: (c.get("metadata") or {}).get("version", "Yaml") for n, c in configs.items()},
+                         **{g: "N/A" for g in groups}},
+            "n-shot": {**{n: shots for n in configs}, **{g: shots for g in groups}},
+            "higher_is_better": {**higher, **{g: {k.split(",")[0]: True for k in group_keys} for g in groups}},
+            "n-samples": {n: {"original": BENCHMARKS[benchmark_of(n, c)].size, "effective": results[n]["sample_len"]}
+                          for n, c in configs.items()},
+            "config": {"model": "med42-ray", "model_args": model_args, "limit": limit, "protocol": protocol,
+                       "protocol_description": protocol_description},
+            "date": time.time() - seconds, "lm_eval_version": version("lm_eval")}
+
+
+def benchmark_of(task: str, config: dict) -> str:
+    """Our benchmark of an lm-eval task name (equal, except the CoT tasks': eval/lm_eval_cot.py)."""
+    return (config.get("metadata") or {}).get("med42_ray_benchmark", task)
 
 
 def write_model(dest: EvalDir, model: EvalModel, protocol: str, protocol_description: str,
@@ -199,11 +222,16 @@ def write_model(dest: EvalDir, model: EvalModel, protocol: str, protocol_descrip
     the folder describes the results.json beside it) and return them; [] when lm-eval is missing."""
     reason = missing()
     if reason:
-        _say_skipped(reason)
+        say_skipped(reason)
         return []
+    results, samples = build(model, protocol, protocol_description, pairs, scored, rows, model_result, limit, seconds)
+    return save(dest, model, results, samples, seconds)
+
+
+def save(dest: EvalDir, model: EvalModel, results: dict, samples: dict, seconds: float) -> list[Path]:
+    """Write (results, samples) with lm-eval's EvaluationTracker, replacing an earlier run's files."""
     from lm_eval.loggers import EvaluationTracker
 
-    results, samples = build(model, protocol, protocol_description, pairs, scored, rows, model_result, limit, seconds)
     for old in dest.lm_eval_files(model.name):
         old.unlink()
     # a .json output_path: lm-eval writes <stem>_<date>.json and samples_<task>_<date>.jsonl beside it

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from med42_ray.benchmarks import BENCHMARKS, BenchmarkItem, load_benchmarks
-from med42_ray.eval import cost, fewshot, generation, lm_eval_format, permute
+from med42_ray.eval import cost, fewshot, generation, lm_eval_cot, lm_eval_format, permute
 from med42_ray.eval import results as res
 from med42_ray.eval.config import EvalModel
 from med42_ray.eval.generation import build_cot_request
@@ -288,7 +288,10 @@ def _write_protocol(dest: EvalDir, protocol: str, common: dict, models: list[Eva
                          "num_fewshot": common["num_fewshot"],
                         "benchmarks": per_benchmark, "aggregates": res.aggregate(per_benchmark, samples)}
         res.write_json(dest.model_results(m.name), model_result)
-        if protocol != "cot":  # lm-eval's files here are its multiple-choice (log-likelihood) results
+        if protocol == "cot":  # lm-eval's generative (flan_cot_zeroshot) files
+            lm_eval_cot.write_model(dest, m, summary["protocol_description"], requests, scored[m.name], samples,
+                                    model_result, common["limit"], common["seconds"])
+        else:  # its multiple-choice (log-likelihood) files
             lm_eval_format.write_model(dest, m, protocol, summary["protocol_description"], requests,
                                        scored[m.name], samples, model_result, common["limit"], common["seconds"])
         summary["models"][m.name] = model_result
