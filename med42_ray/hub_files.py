@@ -5,22 +5,18 @@ and a generation_config.json that stops where training's answers stopped.
 The chat template: `prepare.template=med42` trains on Med42's rendering (data/template.py, whose
 `MED42_CHAT_TEMPLATE` is the same rendering in Jinja), `tokenizer` on the tokenizer's own template;
 either way, a conversation without a system message was trained with `prepare.system_prompt` in
-front, which a chat template does not know. The exported template is the trained one with that
-default put in, so `tokenizer.apply_chat_template(messages)` renders exactly the training text. The
-export checks so on probe conversations before it saves, and fails rather than ship another one.
+front, which a chat template does not know. The exported template (data/template.py's
+`trained_chat_template`) is the trained one with that default put in, so
+`tokenizer.apply_chat_template(messages)` renders exactly the training text. The export checks so
+on probe conversations before it saves, and fails rather than ship another one.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from med42_ray.data.template import (
-    MED42_CHAT_TEMPLATE,
-    Tokenise,
-    med42_generation_prompt,
-)
+from med42_ray.data.template import Tokenise, med42_generation_prompt, trained_chat_template, training_text
 
 # Conversations the exported template must render as training did: with and without a system
 # message, several turns, and text that Jinja or JSON would read as syntax.
@@ -37,35 +33,6 @@ PROBES = [
 
 class ExportError(RuntimeError):
     """An export that would not reproduce training (its chat template, its files)."""
-
-
-def default_system_prefix(system_prompt: str | None) -> str:
-    """Jinja that puts `system_prompt` in front of `messages` when none is a system message, as
-    data/template.with_system_prompt does for training. It ends with a newline that Jinja's
-    trim_blocks (on in transformers) eats, so what follows is lexed as at the template's start."""
-    if not system_prompt:
-        return ""
-    return ("{% if not (messages | selectattr('role', 'equalto', 'system') | list) %}"
-            "{% set messages = [{'role': 'system', 'content': " + json.dumps(system_prompt) + "}] + messages %}"
-            "{% endif %}\n")
-
-
-def trained_chat_template(template: str, system_prompt: str | None, tokenizer: Any) -> str:
-    """The chat template that renders what `prepare` trained on with `template` and `system_prompt`."""
-    if template == "med42":
-        base = MED42_CHAT_TEMPLATE
-    else:
-        base = getattr(tokenizer, "chat_template", None)
-        if not isinstance(base, str) or not base:
-            raise ExportError("prepare.template=tokenizer, but the tokenizer that prepared the data has no "
-                              "single chat_template to export")
-    return default_system_prefix(system_prompt) + base
-
-
-def training_text(messages: list[dict], tokenise: Tokenise) -> str:
-    """The text the trainer trains on for `messages` (its BOS, under med42, as text)."""
-    bos = tokenise.tokenizer.bos_token if tokenise.template == "med42" else None
-    return (bos or "") + "".join(text for text, _ in tokenise.segments(messages))
 
 
 def check_template(exported: Any, tokenise: Tokenise) -> None:
@@ -105,7 +72,10 @@ def save_tokenizer(out: Path, tokenizer_path: str, template: str, system_prompt:
     base = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
     tokenise = Tokenise(base, template, system_prompt)  # the trainer's rendering (base is not changed)
     exported = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
-    exported.chat_template = trained_chat_template(template, system_prompt, base)
+    try:
+        exported.chat_template = trained_chat_template(template, system_prompt, base)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     exported.save_pretrained(out)
     saved = AutoTokenizer.from_pretrained(out, trust_remote_code=trust_remote_code)
     check_template(saved, tokenise)

@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 from med42_ray import hub_files, model_card
 from med42_ray.cli import main
 from med42_ray.config import load_config
-from med42_ray.data.template import Tokenise, med42_generation_prompt
+from med42_ray.data.template import Tokenise, med42_generation_prompt, training_text
 from med42_ray.errors import RunError
 from med42_ray.layout import (
     EXPORT_ADAPTER,
@@ -124,7 +124,7 @@ def test_exported_template_renders_exactly_what_training_trained_on(run, kept_ro
         tok = AutoTokenizer.from_pretrained(path)
         for r in kept_rows:
             text = tok.apply_chat_template(r["messages"], tokenize=False)
-            assert text == hub_files.training_text(r["messages"], trainer), name
+            assert text == training_text(r["messages"], trainer), name
             assert tok.apply_chat_template(r["messages"], return_dict=True)["input_ids"] == r["input_ids"], name
         # the evaluator's med42_chat prompt: the conversation up to the next answer
         prompt = kept_rows[0]["messages"][:-1]
@@ -146,7 +146,7 @@ def test_tokenizer_template_with_default_system_prompt(tmp_path, kept_rows, tiny
     saved = hub_files.save_tokenizer(tmp_path / "out", str(tmp_path / "chatml"), "tokenizer", system_prompt)
     trainer = Tokenise(AutoTokenizer.from_pretrained(tmp_path / "chatml"), "tokenizer", system_prompt)
     for r in kept_rows:
-        assert saved.apply_chat_template(r["messages"], tokenize=False) == hub_files.training_text(r["messages"], trainer)
+        assert saved.apply_chat_template(r["messages"], tokenize=False) == training_text(r["messages"], trainer)
     text = saved.apply_chat_template(kept_rows[0]["messages"], tokenize=False)
     assert text.startswith(f"\n<|im_start|>system\n{system_prompt}<|im_end|>")
 
@@ -165,7 +165,7 @@ def test_tokenizer_template_that_refuses_system_messages(tmp_path, kept_rows, ti
     trainer = Tokenise(AutoTokenizer.from_pretrained(tmp_path / "nosys"), "tokenizer", None)
     rows = [r for r in kept_rows if not any(m["role"] == "system" for m in r["messages"])]
     for r in rows:
-        assert saved.apply_chat_template(r["messages"], tokenize=False) == hub_files.training_text(r["messages"], trainer)
+        assert saved.apply_chat_template(r["messages"], tokenize=False) == training_text(r["messages"], trainer)
 
 
 def test_export_refuses_a_template_that_does_not_render_training(tmp_path, tiny_model_dir):

@@ -96,3 +96,10 @@ def test_pipeline_sections_are_validated_when_the_config_loads(tmp_path):
 def test_demo_runs_only_the_embedded_default(capsys):
     assert main(["demo", "--config", "med42_ray/configs/public_raw.yaml"]) == 2
     assert "demo always runs the embedded default" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["train.resume", "pipeline.train.resume"])
+def test_a_shared_resume_checkpoint_is_refused_and_one_run_s_is_taken(tmp_path, key):
+    with pytest.raises(ConfigError, match=r"train.resume .*= '/ckpt/step_00000004'.*pipeline.full.resume, pipeline.lora.resume"):
+        _plan(tmp_path, f"{key}=/ckpt/step_00000004")
+    assert "train_lora" in _plan(tmp_path, "pipeline.lora.resume=/ckpt/step_00000004")  # one run's: taken

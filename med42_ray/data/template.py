@@ -171,3 +171,34 @@ class Tokenise:
             input_ids += ids
             labels += ids if trainable else [IGNORE_INDEX] * len(ids)
         return input_ids, labels
+
+
+# ---- what an export carries (hub_files.py): the template the model was trained with ----------
+
+def default_system_prefix(system_prompt: str | None) -> str:
+    """Jinja that puts `system_prompt` in front of `messages` when none is a system message, as
+    data/template.with_system_prompt does for training. It ends with a newline that Jinja's
+    trim_blocks (on in transformers) eats, so what follows is lexed as at the template's start."""
+    if not system_prompt:
+        return ""
+    return ("{% if not (messages | selectattr('role', 'equalto', 'system') | list) %}"
+            "{% set messages = [{'role': 'system', 'content': " + json.dumps(system_prompt) + "}] + messages %}"
+            "{% endif %}\n")
+
+
+def trained_chat_template(template: str, system_prompt: str | None, tokenizer: Any) -> str:
+    """The chat template that renders what `prepare` trained on with `template` and `system_prompt`."""
+    if template == "med42":
+        base = MED42_CHAT_TEMPLATE
+    else:
+        base = getattr(tokenizer, "chat_template", None)
+        if not isinstance(base, str) or not base:
+            raise ValueError("prepare.template=tokenizer, but the tokenizer that prepared the data has no "
+                              "single chat_template to export")
+    return default_system_prefix(system_prompt) + base
+
+
+def training_text(messages: list[dict], tokenise: Tokenise) -> str:
+    """The text the trainer trains on for `messages` (its BOS, under med42, as text)."""
+    bos = tokenise.tokenizer.bos_token if tokenise.template == "med42" else None
+    return (bos or "") + "".join(text for text, _ in tokenise.segments(messages))

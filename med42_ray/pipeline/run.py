@@ -59,6 +59,18 @@ class Pipeline:
             "evaluate": merged_eval_config(cfg.evaluate, cfg.pipeline.evaluate)}, deep=True)
         self.markers = StageMarkers(self.layout.stages)
         self.outputs: dict[str, dict] = {}
+        self._refuse_shared_resume_path()
+
+    def _refuse_shared_resume_path(self) -> None:
+        """A checkpoint in `train.resume` (or pipeline.train's) would seed every training stage,
+        full and adapters alike, from one run's checkpoint: only pipeline.<run>.resume may name one."""
+        from med42_ray.train.run_record import AUTO, NEVER
+
+        resume = self.cfg.train.resume
+        if resume not in (AUTO, NEVER):
+            runs = ", ".join(f"pipeline.{s}.resume" for s in self.cfg.pipeline.strategies)
+            raise ConfigError(f"train.resume (or pipeline.train.resume) = {resume!r}: in the pipeline a checkpoint "
+                              f"there would seed every training stage; name it for one run instead ({runs})")
 
     # ---- the stages -------------------------------------------------------------------------
 

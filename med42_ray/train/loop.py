@@ -55,6 +55,40 @@ class PackedCollate(NumpyBatchCollateFn):
 
 
 @dataclass
+class Rank0Reporters:
+    """Where rank 0 sends each step's row: metrics.jsonl, the dashboard's Prometheus gauges, the
+    job log's progress line (and one line on the first step), train.report_to's trackers."""
+
+    metrics_log: MetricsLog
+    gauges: TrainStepMetrics
+    progress: ProgressLog
+    trackers: Trackers | None
+    first_step_logged: bool = False
+
+    @classmethod
+    def for_run(cls, cfg: TrainConfig, job: TrainJob, start_step: int, config: dict[str, Any]) -> Rank0Reporters:
+        return cls(MetricsLog(job.outputs.metrics, start_step), TrainStepMetrics(cfg.run_name),
+                   ProgressLog(cfg.log_every_steps, job.total_steps, job.epochs, config["started_at"]),
+                   Trackers(config["trackers"]) if cfg.report_to else None)
+
+    def record(self, row: dict, world: int) -> None:
+        self.metrics_log.write(row)
+        self.gauges.record(row)
+        if not self.first_step_logged:
+            self.first_step_logged = True
+            say(f"step {row['step']} done {row['wall_s']:.1f}s after the run started (data "
+                f"{row['data_wait_s']:.1f}s, compute {row['compute_s']:.1f}s; {world} worker(s) x "
+                f"{torch.get_num_threads()} torch threads); start-up in run_info.json")
+        self.progress.step(row, time.time())
+        if self.trackers is not None:
+            self.trackers.log(row)
+
+    def close(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
+
+
+@dataclass
 class _Worker:
     """One worker's part of the run: what every step of the loop below needs."""
 
@@ -69,17 +103,13 @@ class _Worker:
     # Optional held-out scoring every N steps (med42-ray sweep: its val_accuracy drives ASHA, which
     # can also stop the run early, without export); see med42_ray/sweep/validation.py.
     validate: Any | None        # a med42_ray.sweep.validation.Validation
-    metrics_log: MetricsLog | None  # rank 0 only
-    step_metrics: TrainStepMetrics | None  # rank 0 only: the dashboard's Prometheus figures
-    progress_log: ProgressLog | None  # rank 0 only: the job log's progress line
-    trackers: Trackers | None  # rank 0 only: train.report_to
+    reporters: Rank0Reporters | None  # rank 0 only: where each step's row goes
     model_flops: float          # per token
     peak: float | None          # FLOP/s of one worker; None: no MFU
     started_at: float           # time.time() when the driver started the run (wall_s counts from it)
     last_step_end: float = 0.0  # perf_counter at the end of the previous step (see the module doc)
     last_report: float = 0.0    # perf_counter when metrics last reached Ray Train
     unreported: list[dict] = field(default_factory=list)  # rows since then
-    first_step_logged: bool = False
     checkpoint_tag: str = ""    # set when resumed past broken checkpoints (checkpointing.checkpoint_dir_name)
 
 
@@ -106,11 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state, fell_back = _resume(engine, cfg, rank, world)
     w = _Worker(cfg, job, rank, world, device, engine, built,
                 step_hook=config.get("step_hook"), validate=config.get("validate"),
-                metrics_log=MetricsLog(job.outputs.metrics, state.step) if rank == 0 else None,
-                step_metrics=TrainStepMetrics(cfg.run_name) if rank == 0 else None,
-                progress_log=ProgressLog(cfg.log_every_steps, job.total_steps, job.epochs,
-                                         config["started_at"]) if rank == 0 else None,
-                trackers=Trackers(config["trackers"]) if rank == 0 and cfg.report_to else None,
+                reporters=Rank0Reporters.for_run(cfg, job, state.step, config) if rank == 0 else None,
                 model_flops=_model_flops(engine, job.seq_len), peak=peak_flops(cfg.peak_tflops),
                 started_at=config["started_at"],
                 checkpoint_tag=f"resumed{int(config['started_at'])}" if fell_back else "")
@@ -130,8 +156,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     peaks = cost.gather_peak_memory(device, world)  # every rank left the loop at the same step
     if rank == 0:
         cost.write_worker_memory(job.outputs, peaks)
-    if w.trackers is not None:
-        w.trackers.close()
+    if w.reporters is not None:
+        w.reporters.close()
 
 
 def _setup_engine(cfg: TrainConfig, job: TrainJob, rank: int, world: int) -> tuple[Any, BuiltModel]:
@@ -338,17 +364,8 @@ def _train_step(engine, micro: list, world: int, grad_accum: int, device) -> dic
 
 def _record(w: _Worker, state: TrainState, row: dict, forced: bool, with_checkpoint: bool) -> None:
     """Write the row to metrics.jsonl (rank 0); report to Ray Train when due (see `_report_due`)."""
-    if w.metrics_log is not None:
-        w.metrics_log.write(row)
-        w.step_metrics.record(row)
-        if not w.first_step_logged:
-            w.first_step_logged = True
-            say(f"step {row['step']} done {row['wall_s']:.1f}s after the run started (data "
-                f"{row['data_wait_s']:.1f}s, compute {row['compute_s']:.1f}s; {w.world} worker(s) x "
-                f"{torch.get_num_threads()} torch threads); start-up in run_info.json")
-        w.progress_log.step(row, time.time())
-        if w.trackers is not None:
-            w.trackers.log(row)
+    if w.reporters is not None:
+        w.reporters.record(row, w.world)
     w.unreported.append(row)
     if with_checkpoint or _report_due(w, forced):
         _report(w, state, _report_row(w.unreported), with_checkpoint)
