@@ -115,7 +115,20 @@ def _train(r: dict) -> str:
     return (f"{r['tokens_per_s']:,.0f} tokens/s ({r['timed_steps']} of {r['steps']} steps, "
             f"{r['tokens_per_step']:,.0f} tokens/step, {r['attn_implementation']}); MFU {_pct(r['mfu_datasheet'])} "
             f"of the datasheet, {_pct(r['mfu_measured_matmul'])} of the measured matmul; peak "
-            f"{_gib(r['peak_memory_bytes'])} ({r['memory_kind']}); loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}")
+            f"{_gib(r['peak_memory_bytes'])} ({r['memory_kind']}); loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}"
+            + _cost(r.get("cost")))
+
+
+def _cost(c: dict | None) -> str:
+    """The cost record the report reads (train/cost.py), with plan's estimates beside it."""
+    if not c:
+        return ""
+    wall = "—" if c["plan_wall_time_s"] is None else f"{c['plan_wall_time_s']:.0f}"
+    device = "n/a" if c["device_bytes"] is None else _gib(c["device_bytes"])
+    return (f"; cost.json: wall {c['wall_time_s']:.0f} s (plan {wall}), {c['accelerator_hours']:.3g} "
+            f"{c['accelerator']}-hours, worker peak device {device} (plan {_gib(c['plan_device_bytes'])}), "
+            f"host {_gib(c['host_bytes'])}, checkpoint {_gib(c['checkpoint_bytes'])} "
+            f"(plan {_gib(c['plan_checkpoint_bytes'])})")
 
 
 def _agreement(x: dict) -> str:

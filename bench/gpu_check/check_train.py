@@ -87,9 +87,25 @@ def train(run_dir: Path, model_dir: str, prepared: Path, manifest: dict, strateg
     cfg = load_config(None, train_overrides(run_dir, model_dir, prepared, strategy, steps, micro_batch, gpu, attn))
     memory_log = run_dir / f"peak_memory_{strategy}.jsonl"
     result = run_train(cfg, step_hook=PeakMemory(memory_log))
-    info = json.loads(train_dir_for(cfg).run_info.read_text())
+    outputs = train_dir_for(cfg)
+    info = json.loads(outputs.run_info.read_text())
     return summarise(result.metrics, info, warmup, matmul_flops, memory_log) | {
-        "attn_implementation": attn, "micro_batch": micro_batch, "seq_len": manifest["seq_len"]}
+        "attn_implementation": attn, "micro_batch": micro_batch, "seq_len": manifest["seq_len"],
+        "cost": cost_record(outputs)}
+
+
+def cost_record(outputs) -> dict:
+    """What the report's cost section reads of this run (train/cost.py): the worker's peaks as
+    worker_memory.json has them (on a GPU, torch's device peak: the GPU path of that code) and
+    the plan's estimates beside the measured wall time and memory."""
+    cost = json.loads(outputs.cost.read_text())
+    (worker,) = json.loads(outputs.worker_memory.read_text())["workers"]
+    plan = cost["plan"]
+    return {"wall_time_s": cost["wall_time_s"], "accelerator": cost["accelerator"],
+            "accelerator_hours": cost["accelerator_hours"], "checkpoint_bytes": cost["checkpoint_bytes"],
+            "device_bytes": worker["device_bytes"], "host_bytes": worker["host_bytes"],
+            "plan_wall_time_s": plan["wall_time_s"], "plan_device_bytes": plan["device_bytes_per_worker"],
+            "plan_checkpoint_bytes": plan["checkpoint_bytes"]}
 
 
 def summarise(rows: list[dict], info: dict, warmup: int, matmul_flops: float | None, memory_log: Path) -> dict:
