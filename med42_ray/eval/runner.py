@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from med42_ray.eval import cost
 from med42_ray.eval.generation import GenerationRequest
@@ -259,6 +259,10 @@ class _Scheduler:
                 return
             except (RayActorError, ActorUnavailableError) as e:
                 log.warning("model %s: actor %d died measuring the inference cost (%s); trying another", job.name, i, e)
+            except RayTaskError as e:  # a measurement must not cost the scores: they are all in
+                log.warning("model %s: measuring the inference cost failed; results.json has none for it: %s",
+                            job.name, e)
+                return
         log.warning("model %s: no actor left to measure the inference cost; results.json has none for it", job.name)
 
     # --- sending work ---------------------------------------------------------------------------
