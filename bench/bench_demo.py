@@ -30,7 +30,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from bench_train import write_section  # noqa: E402  (bench/ is this script's directory)
+from benchmarks_md import write_section  # noqa: E402  (bench/ is this script's directory)
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_STAGES = {"pretrain": "pretrain/train", "train_full": "train/full", "train_lora": "train/lora"}

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -32,9 +31,11 @@ BENCHMARK = "medqa_4options"
 RAW_DIR = str(REPO.parent / "shared" / "data" / "raw")
 SAMPLE_DIR = "pkg://sample/data/benchmarks"
 SMOKE_LIMIT = 8
+SECTION = "Evaluation"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prepare import ProcessTreeMonitor  # noqa: E402  (same CPU accounting as the Prepare section)
+from benchmarks_md import write_section  # noqa: E402
 
 MONITOR = ProcessTreeMonitor()
 
@@ -58,53 +59,67 @@ def run_lm_eval(model_dir: str, items, batch_size: int, workdir: Path) -> tuple[
     return seconds, cpu, out["results"][task], lls
 
 
-def run_ours(model_dir: str, n: int, num_actors: int, root: str, workdir: Path) -> tuple[float, dict, list]:
+def timed_evaluate(model_dir: str, overrides: list[str]) -> tuple[dict, float, float]:
+    """`run_evaluate` of `model_dir` (named "model") with `overrides`: its summary, and the wall and
+    CPU seconds around it. The Ray cluster starts before the clock: start-up is paid once per
+    cluster, not per evaluation."""
     from med42_ray.cluster import connect
     from med42_ray.config import load_config
     from med42_ray.eval.run import run_evaluate
 
-    cfg = load_config(None, [f"run_dir={workdir}", f"evaluate.benchmarks_dir={root}",
-                             f"evaluate.benchmarks=[{BENCHMARK}]", f"evaluate.num_actors={num_actors}",
-                             f"evaluate.limit={n}", "evaluate.progress=false",
-                             "evaluate.cost_questions=0",  # lm-eval measures no inference cost: like for like
-                             f"ray.num_cpus={os.cpu_count()}",
-                             "ray.dashboard=false"])
+    cfg = load_config(None, overrides)
     cfg.evaluate.models = [{"name": "model", "path": model_dir}]
-    connect(cfg.ray)  # cluster start-up is paid once per cluster, not per evaluation
+    connect(cfg.ray)
     start = time.perf_counter()
     cpu0 = MONITOR.cpu_snapshot()
     summary = run_evaluate(cfg)
     seconds = time.perf_counter() - start
-    cpu = MONITOR.cpu_between(cpu0, MONITOR.cpu_snapshot())
+    return summary, seconds, MONITOR.cpu_between(cpu0, MONITOR.cpu_snapshot())
+
+
+def run_ours(model_dir: str, n: int, num_actors: int, root: str, workdir: Path) -> tuple[float, dict, list]:
+    summary, seconds, cpu = timed_evaluate(model_dir, our_overrides(workdir, root, [BENCHMARK], num_actors, n))
     rows = [json.loads(line) for line in (workdir / "eval" / "model" / "samples" / f"{BENCHMARK}.jsonl").open()]
     return seconds, cpu, summary["models"]["model"]["benchmarks"][BENCHMARK], [r["loglikelihoods"] for r in rows]
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "## Evaluation\n\n" + body.strip() + "\n"
-    pattern = re.compile(r"^## Evaluation\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    path.write_text(text)
+def our_overrides(workdir: Path, benchmarks_dir: str, benchmarks: list[str], num_actors: int, limit: int) -> list[str]:
+    """`evaluate` on `benchmarks` as every evaluation benchmark runs it: the local cluster on every
+    core, no dashboard, no progress bars, no separate inference-cost timing (eval/cost.py: what
+    lm-eval does not do, and not a mode's cost)."""
+    return [f"run_dir={workdir}", f"evaluate.benchmarks_dir={benchmarks_dir}",
+            f"evaluate.benchmarks=[{','.join(benchmarks)}]", f"evaluate.num_actors={num_actors}",
+            f"evaluate.limit={limit}", "evaluate.progress=false", "evaluate.cost_questions=0",
+            f"ray.num_cpus={os.cpu_count()}", "ray.dashboard=false"]
+
+
+def add_common_args(p: argparse.ArgumentParser, out: str) -> None:
+    """The options every evaluation benchmark takes (its own --limit and --smoke help apart)."""
+    p.add_argument("--model", default="tiny-llama", help="HF model directory (or 'tiny-llama')")
+    p.add_argument("--benchmarks-dir", help=f"default: {RAW_DIR} (--smoke: the packaged sample, {SAMPLE_DIR})")
+    p.add_argument("--num-actors", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path(out), help="where results.json goes")
+    p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+
+
+def settle_smoke(args: argparse.Namespace, smoke_limit: int) -> argparse.Namespace:
+    """--smoke: `smoke_limit` questions, results under <out>/smoke, BENCHMARKS.md untouched, the
+    packaged sample unless --benchmarks-dir says otherwise."""
+    if args.smoke:
+        args.limit, args.no_write, args.out = smoke_limit, True, args.out / "smoke"
+    args.benchmarks_dir = args.benchmarks_dir or (SAMPLE_DIR if args.smoke else RAW_DIR)
+    return args
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny-llama", help="HF model directory (or 'tiny-llama')")
-    p.add_argument("--benchmarks-dir", help=f"default: {RAW_DIR} (--smoke: the packaged sample, {SAMPLE_DIR})")
+    add_common_args(p, "runs/bench_eval")
     p.add_argument("--limit", type=int, default=None, help="first N MedQA test questions (default: all)")
-    p.add_argument("--num-actors", type=int, default=2)
     p.add_argument("--lm-eval-batch-size", type=int, default=16)
-    p.add_argument("--out", type=Path, default=Path("runs/bench_eval"), help="where results.json goes")
-    p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     p.add_argument("--smoke", action="store_true",
                    help=f"the first {SMOKE_LIMIT} questions (overrides --limit), results under <out>/smoke, "
                         "BENCHMARKS.md untouched: checks that the benchmark runs")
-    args = p.parse_args()
-    if args.smoke:
-        args.limit, args.no_write, args.out = SMOKE_LIMIT, True, args.out / "smoke"
-    args.benchmarks_dir = args.benchmarks_dir or (SAMPLE_DIR if args.smoke else RAW_DIR)
-    return args
+    return settle_smoke(p.parse_args(), SMOKE_LIMIT)
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -192,7 +207,7 @@ def main() -> int:
     print(body)
     print(f"results: {args.out / 'results.json'}")
     if not args.no_write:
-        write_section(REPO / "BENCHMARKS.md", body)
+        write_section(REPO / "BENCHMARKS.md", f"## {SECTION}\n\n{body.strip()}\n\n", f"## {SECTION}")
         print(f"updated {REPO / 'BENCHMARKS.md'}")
     return 0 if results["agree"] == results["n"] else 1
 

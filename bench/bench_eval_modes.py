@@ -29,25 +29,22 @@ import datetime
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# where the data is (one home: bench_eval), the same CPU accounting as the other sections
-from bench_eval import RAW_DIR, SAMPLE_DIR
-from bench_prepare import ProcessTreeMonitor
+# the evaluation benchmarks' options, config and clocks (one home: bench_eval; CPU accounting: bench_prepare's)
+from bench_eval import MONITOR, add_common_args, our_overrides, settle_smoke, timed_evaluate
+from benchmarks_md import write_section
 
 BENCHMARKS = ("medqa_4options", "mmlu_clinical_knowledge")
 DEFAULT_LIMIT, SMOKE_LIMIT = 100, 4
 COT_MAX_NEW_TOKENS = 32  # the config's 256 would make CoT a generation-length benchmark on CPU
 SECTION = "Evaluation modes"
 
-MONITOR = ProcessTreeMonitor()
 
 
 def modes(cot_tokens: int) -> list[tuple[str, str, list[str]]]:
@@ -62,24 +59,10 @@ def modes(cot_tokens: int) -> list[tuple[str, str, list[str]]]:
 
 def run_mode(model_dir: str, args: argparse.Namespace, extra: list[str], workdir: Path,
              limit: int | None = None) -> dict:
-    """One `run_evaluate` on its own run directory: wall and CPU seconds around it, and its summary."""
-    from med42_ray.cluster import connect
-    from med42_ray.config import load_config
-    from med42_ray.eval.run import run_evaluate
-
-    cfg = load_config(None, [f"run_dir={workdir}", f"evaluate.benchmarks_dir={args.benchmarks_dir}",
-                             f"evaluate.benchmarks=[{','.join(BENCHMARKS)}]", f"evaluate.num_actors={args.num_actors}",
-                             f"evaluate.limit={limit or args.limit}", "evaluate.progress=false",
-                             f"ray.num_cpus={os.cpu_count()}", "ray.dashboard=false",
-                             # no separate per-model cost timing after the pass: not a mode's cost
-                             "evaluate.cost_questions=0", *extra])
-    cfg.evaluate.models = [{"name": "model", "path": model_dir}]
-    connect(cfg.ray)  # the first mode starts the cluster here, before its clock; the others reuse it
-    start = time.perf_counter()
-    cpu0 = MONITOR.cpu_snapshot()
-    summary = run_evaluate(cfg)
-    seconds = time.perf_counter() - start
-    cpu = MONITOR.cpu_between(cpu0, MONITOR.cpu_snapshot())
+    """One `run_evaluate` on its own run directory: wall and CPU seconds around it, and its summary.
+    The first mode starts the cluster, before its clock; the others reuse it."""
+    summary, seconds, cpu = timed_evaluate(model_dir, [*our_overrides(
+        workdir, args.benchmarks_dir, list(BENCHMARKS), args.num_actors, limit or args.limit), *extra])
     return {"overrides": extra, **figures(summary, seconds, cpu)}
 
 
@@ -201,39 +184,16 @@ def _loaded(res: dict) -> str:
     return ""
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace `## Evaluation modes`, else insert it right after `## Evaluation` (else at the end)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## {SECTION}\n\n" + body.strip() + "\n\n"
-    own = re.compile(rf"^## {SECTION}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    after = re.compile(r"^## Evaluation\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if own.search(text):
-        text = own.sub(lambda _: section, text)
-    elif m := after.search(text):
-        text = text[:m.end()] + section + text[m.end():]
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text.rstrip() + "\n")
-
-
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny-llama", help="HF model directory (or 'tiny-llama')")
-    p.add_argument("--benchmarks-dir", help=f"default: {RAW_DIR} (--smoke: the packaged sample, {SAMPLE_DIR})")
+    add_common_args(p, "runs/bench_eval_modes")
     p.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="first N questions of each benchmark")
-    p.add_argument("--num-actors", type=int, default=2)
     p.add_argument("--cot-max-new-tokens", type=int, default=COT_MAX_NEW_TOKENS,
                    help="evaluate.max_new_tokens for the chain-of-thought mode (config default 256)")
-    p.add_argument("--out", type=Path, default=Path("runs/bench_eval_modes"), help="where results.json goes")
-    p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     p.add_argument("--smoke", action="store_true",
                    help=f"the first {SMOKE_LIMIT} questions of each benchmark (overrides --limit), results "
                         "under <out>/smoke, BENCHMARKS.md untouched: checks that the benchmark runs")
-    args = p.parse_args()
-    if args.smoke:
-        args.limit, args.no_write, args.out = SMOKE_LIMIT, True, args.out / "smoke"
-    args.benchmarks_dir = args.benchmarks_dir or (SAMPLE_DIR if args.smoke else RAW_DIR)
-    return args
+    return settle_smoke(p.parse_args(), SMOKE_LIMIT)
 
 
 def main() -> int:
@@ -250,7 +210,7 @@ def main() -> int:
     print(f"results: {args.out / 'results.json'}")
     print(f"1-minute load average at the end: {results['loadavg_1min_end']:.1f} ({results['cpus']} cores)")
     if not args.no_write:
-        write_section(REPO / "BENCHMARKS.md", body)
+        write_section(REPO / "BENCHMARKS.md", f"## {SECTION}\n\n{body.strip()}\n\n", f"## {SECTION}", after="## Evaluation")
         print(f"updated {REPO / 'BENCHMARKS.md'}")
     return 0 if results["zero_shot_runs_agree"] else 1
 

@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import random
-import re
 import shutil
 import statistics
 import sys
@@ -54,6 +53,9 @@ import pyarrow.parquet as pq
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks_md import write_section  # noqa: E402  (bench/ is this script's directory)
+
 SECTION = "## Training"
 SMOKE_STEPS, SMOKE_WARMUP = 4, 1  # --smoke: every trainer runs once, timed over 3 steps
 ROWS_PER_STEP = 4  # packed rows per optimizer step, as the demo trains (1 worker x micro-batch 4)
@@ -201,14 +203,6 @@ def run_hf_trainer(model_dir: str, docs, name: str, width: int | None, batch: in
             "non_padding": float(np.mean(np.array(real[warmup:]) / np.array(slots[warmup:]))), "wall_s": wall}
 
 
-def write_section(path: Path, text: str, section: str = SECTION) -> None:
-    """Replace (or append) `section` of BENCHMARKS.md, leaving the others alone."""
-    old = path.read_text() if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/bench_train"), help="working directory")
@@ -343,7 +337,7 @@ def main() -> int:
     if args.smoke:
         print(f"--smoke: {args.benchmarks_md} left alone; the section it would get:\n")
     else:
-        write_section(Path(args.benchmarks_md), text)
+        write_section(Path(args.benchmarks_md), text, SECTION)
     print(text)
     print(f"results: {args.out / 'results.json'}")
     return 0
