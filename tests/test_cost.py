@@ -171,6 +171,6 @@ def test_the_pipeline_prints_each_strategy_s_training_cost(costed_run):
     from med42_ray.pipeline.cli import cost_lines
 
     build_report(costed_run)
-    assert cost_lines(costed_run / "report" / "report.json") == [
+    assert cost_lines(json.loads((costed_run / "report" / "report.json").read_text())) == [
         "training cost: full 1h 00m 00s (1 CPU-hours), lora 30m 00s (0.5 CPU-hours); "
         "inference cost and the plan's estimates in the report"]

@@ -121,15 +121,6 @@ class RunnerSettings:
     max_task_retries: int = 3
 
 
-def actor_shape(settings: RunnerSettings) -> tuple[float, int | None]:
-    """(GPUs, torch threads) of one scoring actor: evaluate.gpus_per_actor, else one GPU when the
-    cluster has any; on CPU as many threads as it has CPUs, so that actors do not oversubscribe."""
-    gpus = settings.gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    return gpus, (max(1, int(settings.cpus_per_actor)) if not gpus else None)
-
-
 def make_tasks(model: str, requests: Sequence[Request | GenerationRequest], per_task: int,
                first_id: int = 0) -> list[Task]:
     """Tasks of one kind each (scoring or generation), longest prompts first within a kind."""
@@ -161,7 +152,9 @@ class _Scheduler:
         self.run_id = uuid.uuid4().hex[:6]
         resources = ray.cluster_resources()
         self.cpu_total, self.gpu_total = resources.get("CPU", 1), resources.get("GPU", 0)
-        self.gpus, self.threads = actor_shape(settings)
+        gpus = settings.gpus_per_actor
+        self.gpus = gpus if gpus is not None else (1.0 if self.gpu_total >= 1 else 0.0)
+        self.threads = max(1, int(settings.cpus_per_actor)) if not self.gpus else None
         self.actor_cls = ray.remote(ScoringActor)
         self.groups = _make_groups(jobs, settings.questions_per_task)
         self.pending: dict[ray.ObjectRef, _Pending] = {}

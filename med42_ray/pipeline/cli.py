@@ -49,17 +49,17 @@ def summary(outputs: dict[str, dict]) -> str:
                      + ", ".join(f"{label} {100 * m:.1f}%" for label, m in means.items()))
     if "report" in outputs:
         report_json = Path(outputs["report"]["report"]).with_name("report.json")
-        lines += pooled_lines(report_json) + cost_lines(report_json)
+        if report_json.is_file():
+            report = json.loads(report_json.read_text())
+            lines += pooled_lines(report) + cost_lines(report)
         lines.append(f"report: {outputs['report']['report']}")
     return "\n".join(lines)
 
 
-def pooled_lines(report_json: Path) -> list[str]:
+def pooled_lines(report: dict) -> list[str]:
     """The report's pooled comparison, headline protocol first: accuracies, differences, ordering."""
-    if not report_json.is_file():
-        return []
     lines = []
-    for protocol, block in json.loads(report_json.read_text()).get("pooled", {}).items():
+    for protocol, block in report.get("pooled", {}).items():
         models = ", ".join(f"{name} {100 * m['acc']:.1f} ± {100 * m['se']:.1f}%" for name, m in block["models"].items())
         diffs = ", ".join(f"{k.replace('-', ' − ')} {100 * d['diff']:+.1f} ± {100 * d['se']:.1f} ({d['z']:+.1f} se)"
                           for k, d in block["differences"].items() if d.get("diff") is not None)
@@ -70,13 +70,11 @@ def pooled_lines(report_json: Path) -> list[str]:
     return lines
 
 
-def cost_lines(report_json: Path) -> list[str]:
+def cost_lines(report: dict) -> list[str]:
     """The report's training cost, one line: wall time and accelerator-hours per strategy."""
-    if not report_json.is_file():
-        return []
     from med42_ray.report.render import duration
 
-    training = json.loads(report_json.read_text()).get("cost", {}).get("training", {})
+    training = report.get("cost", {}).get("training", {})
     if not training:
         return []
     return ["training cost: " + ", ".join(f"{name} {duration(t['wall_time_s'])} ({t['accelerator_hours']:.3g} "

@@ -86,8 +86,9 @@ def _beside(measured: float | None, plan: float | None, fmt, what: str = "plan")
     return text + ")"
 
 
-def _unit(training: dict) -> str:
-    kinds = {t["accelerator"] for t in training.values()}
+def _unit(accelerators) -> str:
+    """GPU-hours or CPU-hours when the runs used one kind, else accelerator-hours."""
+    kinds = {a for a in accelerators if a}
     return f"{kinds.pop()}-hours" if len(kinds) == 1 else "accelerator-hours"
 
 
@@ -108,7 +109,7 @@ def cost_section(doc: Doc, cost: dict) -> None:
 
 
 def _training_table(doc: Doc, training: dict) -> None:
-    unit = _unit(training)
+    unit = _unit(t["accelerator"] for t in training.values())
     doc.subheading("Training")
     header = ["strategy", "wall time", unit, "peak device memory / worker", "peak host memory / worker",
               "checkpoint", "exports"]
@@ -168,8 +169,7 @@ def cost_plot(points: list[dict], path: Path) -> None:
     matplotlib.use("Agg")  # no display on cluster nodes
     import matplotlib.pyplot as plt
 
-    kinds = {p["accelerator"] for p in points if p["accelerator"]}
-    unit = f"{kinds.pop()}-hours" if len(kinds) == 1 else "accelerator-hours"
+    unit = _unit(p["accelerator"] for p in points)
     fig, ax = plt.subplots(figsize=(6, 4))
     for p in points:
         ax.errorbar(p["accelerator_hours"], p["acc"], yerr=p["se"], fmt="o", capsize=4, label=p["model"])
