@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 import pytest
-from rays_own import OURS_DEAD, RAYS_OWN_DEAD, RAYS_OWN_FAILED
+from rays_own import OURS_DEAD, RAYS_OWN_DEAD, rays_own_failure
 
 pytestmark = pytest.mark.slow  # minutes of real Ray runs: `pytest -m 'not slow'` skips them
 
@@ -65,7 +65,7 @@ def test_successful_runs_leave_no_failed_tasks(tmp_path, tiny_model_dir):
     assert done.returncode == 0, done.stderr[-4000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["sweep_rc"] == 0 and seen["tasks"] > 50  # the runs happened and their tasks were listed
-    assert {t["name"] for t in seen["failed"]} <= RAYS_OWN_FAILED, seen["failed"]
+    assert all(rays_own_failure(t["name"], t["error_type"]) for t in seen["failed"]), seen["failed"]
     dead = collections.Counter(a["class_name"] for a in seen["dead"])
     assert set(dead) <= RAYS_OWN_DEAD | OURS_DEAD, dead
     # Two Train runs (train, the trial): at most one of each per run, one Tune trial actor.

@@ -10,7 +10,8 @@ is let in with the token typed as a user types it. Then, reading the rendered pa
   /api/train/v2/runs/v1 (what a user reaches at that address), and the job page's Actor Table
   shows the run's workers as `RayTrainWorker` actors;
 - the job page's Ray Data Overview lists the run's input dataset, `train_lora.input_<id>`;
-- each job's Ray Core Overview shows no failed task but Ray's own (RAYS_OWN_FAILED).
+- each job's Ray Core Overview shows no failed task but Ray's own (tests/rays_own.py), each
+  with its error as the dashboard's state API gives it.
 Screenshots of each page go to $MED42_TEST_ARTIFACTS/dashboard (else pytest's tmp dir).
 
 HEAVY: about 3 minutes on 2 cores (the head, the two runs, the browser).
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pytest
 from ray_head import VENV_BIN, cli_env
-from rays_own import RAYS_OWN_FAILED
+from rays_own import rays_own_failure
 
 pytestmark = pytest.mark.slow  # minutes of real Ray runs: `pytest -m 'not slow'` skips them
 
@@ -254,6 +255,17 @@ def _failed_task_names(browser) -> list[str]:
     return [r.text.split("\n")[1].split()[0] for r in rows]  # a row reads: id, "<name> <job id>", state, ...
 
 
+def _failed_task_errors(dashboard, job_id: str) -> list[dict]:
+    """The job's failed tasks from the dashboard's state API (what its Task Table reads), opened in
+    the same browser: name, error type and the error's last line."""
+    query = "&".join(f"filter_keys={k}&filter_predicates=%3D&filter_values={v}"
+                     for k, v in (("job_id", job_id), ("state", "FAILED")))
+    browser = dashboard(f"/api/v0/tasks?detail=true&limit=1000&{query}")
+    tasks = json.loads(_wait(browser, _find("//pre"), "the state API's failed tasks").text)["data"]["result"]["result"]
+    return [{"name": t["name"], "error_type": t.get("error_type"),
+             "error": (t.get("error_message") or "").strip().splitlines()[-1:]} for t in tasks]
+
+
 @pytest.mark.parametrize("job", ["train", "sweep"])
 def test_job_overview_shows_no_failed_tasks(dashboard, artifacts, job_ids, job):
     browser = dashboard(f"/#/jobs/{job_ids[job][0]}")
@@ -263,5 +275,8 @@ def test_job_overview_shows_no_failed_tasks(dashboard, artifacts, job_ids, job):
     if counts.get("Failed"):
         failed = _failed_task_names(browser)
         browser.save_screenshot(str(artifacts / f"6_{job}_job_failed_tasks.png"))
-        assert len(failed) == counts["Failed"] and set(failed) <= RAYS_OWN_FAILED, (counts, failed)
+        errors = _failed_task_errors(dashboard, job_ids[job][0])
+        (artifacts / f"6_{job}_job_failed_tasks.json").write_text(json.dumps(errors, indent=1))
+        assert len(failed) == counts["Failed"] and sorted(failed) == sorted(e["name"] for e in errors), (counts, failed)
+        assert all(rays_own_failure(e["name"], e["error_type"]) for e in errors), errors
     assert counts["Finished"] + counts.get("Failed", 0) == counts["Total"], counts
