@@ -194,8 +194,10 @@ Reproduce: `python bench/bench_eval.py --model {args.model} --num-actors {args.n
 """
 
 
-def main() -> int:
-    args = parse_args()
+def measure_and_publish(args: argparse.Namespace, measure, render, section: str, after: str | None = None) -> dict:
+    """An evaluation benchmark's run, shared by bench_eval and bench_eval_modes: measure(args), its
+    results.json under --out, its BENCHMARKS.md section printed and (unless --no-write or --smoke)
+    written, placed after `after` when new. Returns the results."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     results = measure(args)
@@ -204,11 +206,16 @@ def main() -> int:
     body = render(results, args)
     if args.smoke:
         print(f"--smoke: {REPO / 'BENCHMARKS.md'} left alone; the section it would get:")
-    print(body)
+    print(f"## {section}\n{body}")
     print(f"results: {args.out / 'results.json'}")
     if not args.no_write:
-        write_section(REPO / "BENCHMARKS.md", f"## {SECTION}\n\n{body.strip()}\n\n", f"## {SECTION}")
+        write_section(REPO / "BENCHMARKS.md", f"## {section}\n\n{body.strip()}\n\n", f"## {section}", after=after)
         print(f"updated {REPO / 'BENCHMARKS.md'}")
+    return results
+
+
+def main() -> int:
+    results = measure_and_publish(parse_args(), measure, render, SECTION)
     return 0 if results["agree"] == results["n"] else 1
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -37,8 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the evaluation benchmarks' options, config and clocks (one home: bench_eval; CPU accounting: bench_prepare's)
-from bench_eval import MONITOR, add_common_args, our_overrides, settle_smoke, timed_evaluate
-from benchmarks_md import write_section
+from bench_eval import MONITOR, add_common_args, measure_and_publish, our_overrides, settle_smoke, timed_evaluate
 
 BENCHMARKS = ("medqa_4options", "mmlu_clinical_knowledge")
 DEFAULT_LIMIT, SMOKE_LIMIT = 100, 4
@@ -198,20 +196,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
-    results = measure(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    body = render(results, args)
-    if args.smoke:
-        print(f"--smoke: {REPO / 'BENCHMARKS.md'} left alone; the section it would get:")
-    print(f"## {SECTION}\n{body}")
-    print(f"results: {args.out / 'results.json'}")
+    results = measure_and_publish(args, measure, render, SECTION, after="## Evaluation")
     print(f"1-minute load average at the end: {results['loadavg_1min_end']:.1f} ({results['cpus']} cores)")
-    if not args.no_write:
-        write_section(REPO / "BENCHMARKS.md", f"## {SECTION}\n\n{body.strip()}\n\n", f"## {SECTION}", after="## Evaluation")
-        print(f"updated {REPO / 'BENCHMARKS.md'}")
     return 0 if results["zero_shot_runs_agree"] else 1
 
 
